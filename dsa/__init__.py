@@ -1,0 +1,20 @@
+"""dsa: DeepSeek Sparse Attention for Hugging Face causal LMs (Llama, Qwen2, Qwen3, Mistral).
+
+    import dsa
+    dsa.attach(model, dsa.DSAConfig(top_k=1024))      # model now attends sparsely
+    cache = dsa.new_cache(model)                     # KV + indexer-key cache for prefill/decode
+    with dsa.recording(model, dsa.SelectionRecorder()) as rec:
+        model(input_ids, past_key_values=cache)      # rec.selections: what each layer selected
+    dsa.detach(model)                                # back to the original attention
+"""
+
+from .cache import DSACache
+from .config import DSAConfig
+from .indexer import LightningIndexer, index_scores
+from .patch import attach, detach, is_attached, new_cache, profiling, recording, set_mode
+from .record import Selection, SelectionRecorder
+from .weights import find_shipped, fingerprint, load_indexer, save_indexer
+
+__all__ = ["DSACache", "DSAConfig", "LightningIndexer", "index_scores", "attach", "detach", "is_attached",
+           "new_cache", "profiling", "recording", "set_mode", "Selection", "SelectionRecorder",
+           "find_shipped", "fingerprint", "load_indexer", "save_indexer"]
