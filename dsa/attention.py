@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ class DSAState:
     recorder: SelectionRecorder | None = None
     timings: dict[str, float] | None = None  # phase -> seconds, when profiling
     inputs: dict[int, tuple] = field(default_factory=dict)  # layer -> (hidden_states, cache), set by the hook
+    # training/evaluation tap: called as capture(layer, x, query, key) with the layer's normalised input and
+    # post-RoPE query [B, H, Lq, D] / key [B, Hkv, Lk, D], before attention (see dsa.train)
+    capture: Callable | None = None
 
 
 @contextmanager
@@ -74,6 +78,8 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     scaling = scaling if scaling is not None else D**-0.5
+    if state.capture is not None:
+        state.capture(layer, x, query, key)
     if not cfg.is_sparse_layer(layer):
         with _phase(state, "attention"):
             return dense_attention(query, key, value, scaling), None

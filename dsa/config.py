@@ -11,8 +11,8 @@ from pathlib import Path
 class DSAConfig:
     # lightning indexer: H_I heads of d_I dims, one shared key per token; RoPE on the first rope_dim dims
     index_heads: int = 4
-    index_dim: int = 64
-    rope_dim: int = 32
+    index_dim: int = 32
+    rope_dim: int = 16
     rope_theta: float = 10000.0
     # stage 1 (excerpts): score 64-token blocks with block-pooled indexer keys, keep the top n_blocks
     block_size: int = 64

@@ -34,7 +34,7 @@ def save_indexer(model: nn.Module, out_dir: str | Path, training: dict | None = 
     for i, layer in enumerate(decoder_layers(model)):
         if hasattr(layer.self_attn, "indexer"):
             for name, t in layer.self_attn.indexer.state_dict().items():
-                tensors[f"layers.{i}.{name}"] = t.detach().to(torch.float32).contiguous().cpu()
+                tensors[f"layers.{i}.{name}"] = t.detach().to(torch.bfloat16).contiguous().cpu()  # bf16 keeps shipped files small
     save_file(tensors, str(out / "indexer.safetensors"))
     model.dsa_state.config.save(out / "dsa_config.json")
     meta = {"fingerprint": fingerprint(model.config), **(training or {})}
