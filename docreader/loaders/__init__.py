@@ -1,0 +1,98 @@
+"""Turn a file into a `Document`: detect its format from content, read it safely, map text back to pages,
+sections and messages.
+
+    from docreader.loaders import load, detect_format, SUPPORTED_FORMATS
+    doc = load("contract.pdf")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from docreader.document import Document
+from docreader.errors import DocreaderError
+from docreader.loaders.limits import UNZIP_FACTOR, read_input, resolve_max_bytes
+from docreader.loaders.sniff import SUPPORTED_FORMATS, Sniffed, detect_format, sniff
+
+__all__ = ["load", "detect_format", "SUPPORTED_FORMATS"]
+
+_ALIASES = {"markdown": "md", "text": "txt", "htm": "html", "irc": "chat", "whatsapp": "chat", "json": "chat"}
+
+
+def _load_chat(path: str, text: str, encoding: str) -> Document:
+    from docreader.loaders.chat import render_chat
+    from docreader.loaders.chat_irc import is_irc_line, parse_irc
+    from docreader.loaders.chat_json import parse_json_chat
+    from docreader.loaders.chat_whatsapp import header, parse_whatsapp
+
+    messages, source = [], ""
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):  # IRC lines start with "[" too: JSON only if it parses
+        try:
+            messages, source = parse_json_chat(json.loads(stripped)), "json"
+        except (ValueError, RecursionError) as e:
+            if stripped.startswith("{"):
+                raise DocreaderError(f"invalid JSON chat export ({e})", path=path) from None
+    if not source:
+        lines = [ln for ln in text.split("\n")[:400] if ln.strip()]
+        whatsapp = sum(1 for ln in lines if header(ln))
+        irc = sum(1 for ln in lines if is_irc_line(ln))
+        if whatsapp > irc:
+            messages, source = parse_whatsapp(text), "whatsapp"
+        else:
+            messages, source = parse_irc(text), "irc"
+    if not messages:
+        raise DocreaderError("no chat messages found", path=path)
+    return render_chat(path, messages, {"source": source, "encoding": encoding})
+
+
+def _load_text_format(fmt: str, path: str, data: bytes, sniffed: Sniffed) -> Document:
+    from docreader.loaders.encoding import declared_charset, decode_text
+
+    if sniffed.text is not None:
+        text, encoding = sniffed.text, sniffed.encoding or "utf-8"
+    else:  # an explicit format= on a file detection would have called binary
+        text, encoding = decode_text(data, path, declared_charset(data))
+    if fmt == "md":
+        from docreader.loaders.markdown import load_markdown
+        return load_markdown(path, text, encoding)
+    if fmt == "html":
+        from docreader.loaders.html_page import load_html
+        return load_html(path, text, encoding)
+    if fmt == "chat":
+        return _load_chat(path, text, encoding)
+    from docreader.loaders.plaintext import load_text
+    return load_text(path, text, encoding)
+
+
+def load(path: str | Path, format: str | None = None, password: str | None = None,
+         max_bytes: int | None = None) -> Document:
+    """Read any supported document; every failure is a one-line DocreaderError naming the file."""
+    p = Path(path)
+    where = str(p)
+    limit = resolve_max_bytes(max_bytes)
+    fmt = _ALIASES.get(format.lower(), format.lower()) if format else None
+    if fmt is not None and fmt not in SUPPORTED_FORMATS:
+        raise DocreaderError(f"unknown format {format!r} (choose from {', '.join(SUPPORTED_FORMATS)})", path=where)
+    data = read_input(p, limit)
+    sniffed = sniff(data, where, p.suffix) if fmt is None or fmt in ("txt", "md", "html", "chat") else Sniffed(fmt)
+    fmt = fmt or sniffed.format
+    if fmt == "pdf":
+        from docreader.loaders.pdf import load_pdf
+        doc = load_pdf(where, data, password)
+    elif fmt == "docx":
+        from docreader.loaders.docx import load_docx
+        doc = load_docx(where, data, UNZIP_FACTOR * limit)
+    elif fmt == "epub":
+        from docreader.loaders.epub import load_epub
+        doc = load_epub(where, data, UNZIP_FACTOR * limit)
+    else:
+        if sniffed.format in ("pdf", "docx", "epub"):
+            sniffed = Sniffed(sniffed.format)  # forced to read a container as text: decode it below
+        doc = _load_text_format(fmt, where, data, sniffed)
+    if not doc.text.strip():
+        raise DocreaderError("empty document", path=where)
+    doc.meta.setdefault("bytes", len(data))
+    doc.meta.setdefault("detected_format", sniffed.format)
+    return doc

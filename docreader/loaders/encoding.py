@@ -1,0 +1,119 @@
+"""Bytes to text for the text formats: BOMs, strict UTF-8, a declared charset, then a guess."""
+
+from __future__ import annotations
+
+import codecs
+import re
+import unicodedata
+
+from docreader.errors import DocreaderError
+
+BINARY = "not a supported document (binary data)"
+_BOMS = [
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+]
+_ALLOWED_CONTROLS = set("\t\n\r\f\v\x1b")
+
+
+def normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _bom_encoding(data: bytes) -> str | None:
+    for bom, name in _BOMS:  # UTF-32 LE before UTF-16 LE: its BOM starts with the UTF-16 one
+        if data.startswith(bom):
+            return name
+    return None
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """UTF-16 text without a BOM shows as zero bytes in every other position (for Latin scripts)."""
+    sample = data[:4096]
+    if len(sample) < 4:
+        return None
+    half = len(sample) // 2
+    odd_zero = sum(1 for b in sample[1::2] if b == 0) / half
+    even_zero = sum(1 for b in sample[0::2] if b == 0) / half
+    if odd_zero > 0.4 and even_zero < 0.05:
+        return "utf-16-le"
+    if even_zero > 0.4 and odd_zero < 0.05:
+        return "utf-16-be"
+    return None
+
+
+def looks_binary(text: str) -> bool:
+    """Decoded text that is mostly control or replacement characters is not a document."""
+    sample = text[:65536]
+    if not sample:
+        return False
+    bad = sum(1 for ch in sample if ch == "\ufffd"
+              or (ch not in _ALLOWED_CONTROLS and unicodedata.category(ch) in ("Cc", "Co", "Cs")))
+    return bad / len(sample) > 0.01
+
+
+def _try(data: bytes, encoding: str) -> str | None:
+    try:
+        return data.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _guess(data: bytes) -> tuple[str, str] | None:
+    from charset_normalizer import from_bytes  # imported lazily: only non-UTF-8 input needs it
+
+    best = from_bytes(data).best()
+    if best is None or best.encoding is None:
+        return None
+    return str(best), best.encoding
+
+
+def decode_text(data: bytes, path: str, declared: str | None = None) -> tuple[str, str]:
+    """Return (text, encoding) with newlines normalised; raise DocreaderError for binary data."""
+    candidates = [_bom_encoding(data), _utf16_without_bom(data)]
+    for enc in candidates:
+        if enc:
+            text = _try(data, enc)
+            if text is not None:
+                return _checked(normalise_newlines(text.lstrip("\ufeff")), path), enc
+    if b"\x00" in data[:65536]:
+        raise DocreaderError(BINARY, path=path)
+    for enc in ("utf-8", declared):
+        if enc:
+            text = _try(data, enc)
+            if text is not None:
+                return _checked(normalise_newlines(text), path), enc
+    guess = _guess(data)
+    if guess is None:
+        raise DocreaderError(BINARY if _mostly_unprintable(data) else
+                             "cannot detect the text encoding (save it as UTF-8)", path=path)
+    text, enc = guess
+    return _checked(normalise_newlines(text.lstrip("\ufeff")), path), enc
+
+
+def _mostly_unprintable(data: bytes) -> bool:
+    sample = data[:65536]
+    bad = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13, 27))
+    return bad / max(len(sample), 1) > 0.01
+
+
+def _checked(text: str, path: str) -> str:
+    if looks_binary(text):
+        raise DocreaderError(BINARY, path=path)
+    return text
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+
+
+def declared_charset(data: bytes) -> str | None:
+    """The charset an HTML/XML file declares in its first 4 kB, if Python knows it."""
+    head = data[:4096]
+    m = _META_CHARSET.search(head) or re.search(rb"""<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9_.:-]+)""", head)
+    if not m:
+        return None
+    name = m.group(1).decode("ascii", "ignore")
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None

@@ -1,0 +1,74 @@
+"""Input checks done before any parsing: the file exists, is a file, and is not too large to read."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from docreader.errors import DocreaderError
+
+DEFAULT_MAX_BYTES = 50_000_000
+MAX_BYTES_ENV = "DOCREADER_MAX_BYTES"
+UNZIP_FACTOR = 4  # a DOCX/EPUB may expand to this many times --max-bytes in total
+
+
+def human_size(n: int) -> str:
+    """Sizes the way the error messages print them: "80.0 MB", "50 MB", "12.3 kB", "17 bytes"."""
+    if n >= 1_000_000:
+        return f"{n // 1_000_000} MB" if n % 1_000_000 == 0 else f"{n / 1_000_000:.1f} MB"
+    if n >= 1_000:
+        return f"{n // 1_000} kB" if n % 1_000 == 0 else f"{n / 1_000:.1f} kB"
+    return f"{n} bytes"
+
+
+def resolve_max_bytes(max_bytes: int | None) -> int:
+    """The size limit: the argument, else $DOCREADER_MAX_BYTES, else 50 MB."""
+    if max_bytes is not None:
+        if max_bytes <= 0:
+            raise DocreaderError(f"--max-bytes must be positive, got {max_bytes}")
+        return int(max_bytes)
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise DocreaderError(f"{MAX_BYTES_ENV} must be a number of bytes, got {raw!r}") from None
+    if value <= 0:
+        raise DocreaderError(f"{MAX_BYTES_ENV} must be positive, got {raw!r}")
+    return value
+
+
+def read_input(path: Path, max_bytes: int) -> bytes:
+    """Read the whole file after checking what it is and its size, so nothing huge is ever read."""
+    where = str(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DocreaderError("no such file", path=where) from None
+    except PermissionError:
+        raise DocreaderError("permission denied", path=where) from None
+    except OSError as e:
+        raise DocreaderError(f"cannot read file ({e.strerror or e})", path=where) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DocreaderError("is a directory", path=where)
+    if not stat.S_ISREG(st.st_mode):
+        raise DocreaderError("not a regular file", path=where)
+    if st.st_size > max_bytes:
+        raise DocreaderError(
+            f"file is {human_size(st.st_size)}, over the {human_size(max_bytes)} limit (--max-bytes)", path=where)
+    if st.st_size == 0:
+        raise DocreaderError("empty document", path=where)
+    try:
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since stat
+    except PermissionError:
+        raise DocreaderError("permission denied", path=where) from None
+    except OSError as e:
+        raise DocreaderError(f"cannot read file ({e.strerror or e})", path=where) from None
+    if len(data) > max_bytes:
+        raise DocreaderError(f"file is over the {human_size(max_bytes)} limit (--max-bytes)", path=where)
+    if not data:
+        raise DocreaderError("empty document", path=where)
+    return data
