@@ -12,10 +12,10 @@ from docreader.loaders.chat import Message
 from docreader.loaders.chat_time import parse_when
 
 _STAMP = r"(?:\[(?P<stamp>(?:\d{4}-\d{2}-\d{2}[ T])?\d{1,2}:\d{2}(?::\d{2})?)\]|(?P<bare>\d{1,2}:\d{2}(?::\d{2})?))"
-MESSAGE = re.compile(rf"^(?:{_STAMP}\s+)?<[@+%&~ ]?(?P<nick>[^>]{1,64}?) ?>\s?(?P<text>.*)$")
+MESSAGE = re.compile(rf"^(?:{_STAMP}\s+)?<[@+%&~ ]?(?P<nick>[^>]{{1,64}}?) ?>\s?(?P<text>.*)$")
 SYSTEM = re.compile(rf"^(?:{_STAMP}\s+)?(?:===|-!-|\*\*\*|-->|<--|--)\s+(?P<text>.*)$")
 ACTION = re.compile(rf"^(?:{_STAMP}\s+)?\*\s+(?P<nick>\S+)\s+(?P<text>.*)$")
-_TIMED_MESSAGE = re.compile(rf"^{_STAMP}\s+(?:<[^>]{1,64}>|\*\s|===|-!-|\*\*\*)")
+_TIMED_MESSAGE = re.compile(rf"^{_STAMP}\s+(?:<[^>]{{1,64}}>|\*\s|===|-!-|\*\*\*)")
 
 
 def is_irc_line(line: str) -> bool:
