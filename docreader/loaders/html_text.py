@@ -72,14 +72,14 @@ class HtmlText(HTMLParser):
     # -- parser callbacks ---------------------------------------------------------------------------
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
+        if tag == "title" and (not self._skip or self._skip == ["head"]):
+            self._in_title = True
+            return
         if self._skip:
             if tag == self._skip[-1] and tag not in VOID:
                 self._skip.append(tag)
             elif tag == "body" and self._skip == ["head"]:
                 self._skip.clear()  # a missing </head>
-            return
-        if tag == "title":
-            self._in_title = True
             return
         hidden = "hidden" in a or _HIDDEN_STYLE.search(a.get("style") or "")
         if tag in SKIP or hidden:
@@ -121,12 +121,12 @@ class HtmlText(HTMLParser):
             self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "title" and self._in_title:
+            self._in_title = False
+            return
         if self._skip:
             if tag == self._skip[-1]:
                 self._skip.pop()
-            return
-        if tag == "title":
-            self._in_title = False
             return
         if tag == "pre" and self._pre:
             self._pre -= 1
