@@ -321,5 +321,6 @@ def lying_zip(path: Path, size: int = 3_000_000) -> Path:
 
 
 def binary_garbage(path: Path, n: int = 4096, seed: int = 7) -> Path:
-    path.write_bytes(bytes(random.Random(seed).randrange(256) for _ in range(n)))
+    rng = random.Random(seed)
+    path.write_bytes(bytes(rng.randrange(256) for _ in range(n)))
     return path

@@ -13,12 +13,13 @@ MAX_BYTES_ENV = "DOCREADER_MAX_BYTES"
 UNZIP_FACTOR = 4  # a DOCX/EPUB may expand to this many times --max-bytes in total
 
 
-def human_size(n: int) -> str:
-    """Sizes the way the error messages print them: "80.0 MB", "50 MB", "12.3 kB", "17 bytes"."""
-    if n >= 1_000_000:
-        return f"{n // 1_000_000} MB" if n % 1_000_000 == 0 else f"{n / 1_000_000:.1f} MB"
-    if n >= 1_000:
-        return f"{n // 1_000} kB" if n % 1_000 == 0 else f"{n / 1_000:.1f} kB"
+def human_size(n: int, limit: bool = False) -> str:
+    """Sizes as error messages print them: a file "80.0 MB", a limit "50 MB" (no ".0"), "17 bytes"."""
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if n >= scale:
+            if limit and n % scale == 0:
+                return f"{n // scale} {unit}"
+            return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
 
 
@@ -57,7 +58,7 @@ def read_input(path: Path, max_bytes: int) -> bytes:
         raise DocreaderError("not a regular file", path=where)
     if st.st_size > max_bytes:
         raise DocreaderError(
-            f"file is {human_size(st.st_size)}, over the {human_size(max_bytes)} limit (--max-bytes)", path=where)
+            f"file is {human_size(st.st_size)}, over the {human_size(max_bytes, limit=True)} limit (--max-bytes)", path=where)
     if st.st_size == 0:
         raise DocreaderError("empty document", path=where)
     try:
@@ -68,7 +69,7 @@ def read_input(path: Path, max_bytes: int) -> bytes:
     except OSError as e:
         raise DocreaderError(f"cannot read file ({e.strerror or e})", path=where) from None
     if len(data) > max_bytes:
-        raise DocreaderError(f"file is over the {human_size(max_bytes)} limit (--max-bytes)", path=where)
+        raise DocreaderError(f"file is over the {human_size(max_bytes, limit=True)} limit (--max-bytes)", path=where)
     if not data:
         raise DocreaderError("empty document", path=where)
     return data

@@ -59,7 +59,7 @@ class SafeZip:
             raise DocreaderError(f"encrypted {self.what} (password-protected zip) — not supported", path=self.path)
         if info.file_size > self.budget:
             raise self.bomb(f"{stored} expands to {human_size(info.file_size)}, over the "
-                            f"{human_size(self.budget)} limit")
+                            f"{human_size(self.budget, limit=True)} limit")
         if info.file_size > RATIO_MIN_SIZE and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             ratio = info.file_size // max(info.compress_size, 1)
             raise self.bomb(f"{stored} compressed {ratio}:1")
@@ -69,7 +69,7 @@ class SafeZip:
                 while chunk := f.read(_CHUNK):
                     out += chunk
                     if len(out) > self.budget:
-                        raise self.bomb(f"{stored} expands past the {human_size(self.budget)} limit")
+                        raise self.bomb(f"{stored} expands past the {human_size(self.budget, limit=True)} limit")
         except DocreaderError:
             raise
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
