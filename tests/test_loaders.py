@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import corpus  # noqa: E402
 
-from docreader.loaders import SUPPORTED_FORMATS, detect_format, load  # noqa: E402
+from docreader.loaders import SUPPORTED_FORMATS, detect_format, load, pdf_pages  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_docs"
 SHARED_IRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "irc"
@@ -99,6 +99,9 @@ def test_pdf_parallel_extraction_matches_serial(tmp_path, monkeypatch):
     parallel = load(path)
     assert parallel.text == serial.text and parallel.regions == serial.regions
     assert len(kinds(serial, "page")) == 60
+    # the worker processes themselves, not the serial fallback
+    texts, failed = pdf_pages._extract_parallel(path.read_bytes(), None, 60, 2)
+    assert len(texts) == 60 and not failed and texts[0].startswith("Page 1 heading")
 
 
 def test_docx_paragraphs_tables_headings_and_notes(tmp_path):

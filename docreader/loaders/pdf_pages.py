@@ -1,19 +1,22 @@
 """Page text extraction: pypdf's plain mode, layout mode only for pages where plain mode glues words.
 
-Large PDFs are split across worker processes (each re-opens the PDF from bytes), since pypdf's
-extraction is pure Python and a 300-page contract would otherwise take many seconds.
+Large PDFs are split across worker processes (each re-opens the PDF from bytes, see pdf_worker.py),
+since pypdf's extraction is pure Python and a 300-page contract would otherwise take many seconds.
 """
 
 from __future__ import annotations
 
-import io
-import logging
+import json
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 PARALLEL_MIN_PAGES = 48
 WORKERS_ENV = "DOCREADER_PDF_WORKERS"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # so children import this same docreader
 
 
 def _space_ratio(text: str) -> float:
@@ -34,7 +37,7 @@ def page_text(page) -> str:
     return text
 
 
-def _extract_serial(reader, indices: range) -> tuple[list[str], list[int]]:
+def extract_serial(reader, indices: range) -> tuple[list[str], list[int]]:
     texts, failed = [], []
     for i in indices:
         try:
@@ -43,16 +46,6 @@ def _extract_serial(reader, indices: range) -> tuple[list[str], list[int]]:
             texts.append("")
             failed.append(i)
     return texts, failed
-
-
-def _worker(data: bytes, password: str | None, start: int, stop: int) -> tuple[list[str], list[int]]:
-    from pypdf import PdfReader
-
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    reader = PdfReader(io.BytesIO(data), strict=False)
-    if reader.is_encrypted:
-        reader.decrypt(password if password is not None else "")
-    return _extract_serial(reader, range(start, stop))
 
 
 def _workers(n_pages: int) -> int:
@@ -74,22 +67,27 @@ def extract_pages(reader, data: bytes, password: str | None) -> tuple[list[str],
             return _extract_parallel(data, password, n_pages, workers)
         except Exception:
             pass  # e.g. no process support here: fall back to one process
-    return _extract_serial(reader, range(n_pages))
+    return extract_serial(reader, range(n_pages))
+
+
+def _run_worker(data: bytes, password: str | None, start: int, stop: int) -> tuple[list[str], list[int]]:
+    header = json.dumps({"start": start, "stop": stop, "password": password}).encode() + b"\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "docreader.loaders.pdf_worker"], input=header + data,
+                          capture_output=True, timeout=600, env=env, check=True)
+    out = json.loads(proc.stdout)
+    return out["texts"], out["failed"]
 
 
 def _extract_parallel(data: bytes, password: str | None, n_pages: int, workers: int) -> tuple[list[str], list[int]]:
-    import multiprocessing
-
-    # "spawn" never forks a parent holding CUDA contexts or threads (torch), at ~0.3 s start-up cost.
-    ctx = multiprocessing.get_context("spawn")
-    chunk = -(-n_pages // (workers * 2))
+    chunk = -(-n_pages // workers)
     bounds = [(s, min(s + chunk, n_pages)) for s in range(0, n_pages, chunk)]
     texts: list[str] = []
     failed: list[int] = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_worker, data, password, s, e) for s, e in bounds]
-        for fut in futures:
-            t, f = fut.result(timeout=600)
+    with ThreadPoolExecutor(max_workers=len(bounds)) as pool:  # threads only wait on the children
+        for t, f in pool.map(lambda b: _run_worker(data, password, *b), bounds):
             texts.extend(t)
             failed.extend(f)
+    if len(texts) != n_pages:
+        raise RuntimeError("worker returned the wrong number of pages")
     return texts, failed
