@@ -203,6 +203,14 @@ def test_non_utf8_is_read_not_rejected(tmp_path, encoding):
     assert load(path).text == corpus.ACCENTED
 
 
+def test_forced_format_that_does_not_fit(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("hello there")
+    expect_error(path, "not a PDF (no %PDF- header)", format="pdf")
+    expect_error(path, "corrupt DOCX (not a valid zip archive", format="docx")
+    expect_error(path, "corrupt EPUB (not a valid zip archive", format="epub")
+
+
 def test_unknown_format_override(tmp_path):
     path = tmp_path / "a.txt"
     path.write_text("hello")

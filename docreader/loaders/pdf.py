@@ -72,6 +72,8 @@ def clean_page(text: str) -> str:
 
 
 def load_pdf(path: str, data: bytes, password: str | None = None) -> Document:
+    if b"%PDF-" not in data[:1024]:
+        raise DocreaderError("not a PDF (no %PDF- header)", path=path)
     if _truncated(data):
         raise DocreaderError("truncated PDF (no %%EOF marker — was the download cut short?)", path=path)
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # pypdf warns loudly about harmless quirks
