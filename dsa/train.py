@@ -139,11 +139,44 @@ def layer_scale(layer: nn.Module, head_dim: int) -> float:
     return float(s) if s is not None else head_dim ** -0.5
 
 
+def selectable(c0: int, c1: int, cfg: DSAConfig, device) -> torch.Tensor:
+    """[C, c1] bool: causal keys that selection must choose (not the always-kept sink or local window)."""
+    s = torch.arange(c1, device=device)[None, :]
+    t = torch.arange(c0, c1, device=device)[:, None]
+    return (s <= t) & (s >= cfg.sink_tokens) & (t - s >= cfg.local_window)
+
+
+def selectable_kl_chunk(p: torch.Tensor, qi, wi, ki, c0: int, c1: int, cfg: DSAConfig):
+    """KL between the attention and the indexer restricted to selectable keys, each renormalised there,
+    weighted per query by the attention mass m(t) on those keys: sum_t m(t) KL_t, and sum_t m(t).
+
+    The sink and local window are always kept, so their scores never matter; this spends the indexer on
+    the ranking that decides recall (missing mass = m(t) * mass the selection misses among candidates)."""
+    cand = selectable(c0, c1, cfg, p.device)  # [C, c1]
+    has = cand.any(-1)  # [C]
+    pc = p * cand
+    m = pc.sum(-1)  # [B, C]
+    ph = pc / m.clamp_min(1e-30)[..., None]
+    logits = torch.einsum("bqhd,bkd->bqhk", qi[:, c0:c1].float(), ki[:, :c1].float())
+    scores = torch.einsum("bqhk,bqh->bqk", F.relu(logits), wi[:, c0:c1])
+    scores = torch.where(has[:, None], scores.masked_fill(~cand, float("-inf")), torch.zeros_like(scores))
+    logq = scores.log_softmax(-1).masked_fill(~cand, 0.0)
+    kl = (torch.xlogy(ph, ph) - ph * logq).sum(-1)  # [B, C]
+    return (m * kl).sum(), m.sum()
+
+
 def indexer_loss_backward(model: nn.Module, input_ids: torch.Tensor, chunk: int = 1024,
-                          backward: bool = True) -> tuple[float, dict[int, float]]:
-    """Stage-1 loss of one batch (mean KL per query token, averaged over sparse layers); accumulates grads."""
+                          backward: bool = True, target: str = "all") -> tuple[float, dict[int, float]]:
+    """Stage-1 loss of one batch, averaged over sparse layers; accumulates grads.
+
+    target "all": mean over query tokens of KL(attention || softmax(indexer)) over all causal keys (the
+    DeepSeek-V3.2 warm-up); "selectable": the same restricted to the keys selection chooses among (not
+    sink, not local window), weighted by the attention mass there (see selectable_kl_chunk)."""
+    if target not in ("all", "selectable"):
+        raise ValueError(f"target must be 'all' or 'selectable', got {target!r}")
     store = capture(model, input_ids)
     B, L = input_ids.shape
+    cfg = model.dsa_state.config
     layers = decoder_layers(model)
     n = len(store)
     per_layer = {}
@@ -153,13 +186,20 @@ def indexer_loss_backward(model: nn.Module, input_ids: torch.Tensor, chunk: int 
         scale = layer_scale(layers[li], q.shape[-1])
         with torch.set_grad_enabled(backward):
             qi, wi, ki = idx(x, positions)
-            total = 0.0
+            total, weight = 0.0, 0.0
             for c0 in range(0, L, chunk):
                 c1 = min(c0 + chunk, L)
                 with torch.no_grad():
                     p = attention_target(q, k, c0, c1, scale)
-                total = total + kl_chunk(p, indexer_log_probs(qi, wi, ki, c0, c1))
-            loss = total / (B * L)
+                if target == "all":
+                    total = total + kl_chunk(p, indexer_log_probs(qi, wi, ki, c0, c1))
+                else:
+                    t_, w_ = selectable_kl_chunk(p, qi, wi, ki, c0, c1, cfg)
+                    total, weight = total + t_, weight + float(w_)
+            if target == "all":
+                loss = total / (B * L)
+            else:
+                loss = total / max(weight, 1e-12) if weight > 0 else torch.zeros((), device=x.device, requires_grad=backward)
             if backward:
                 (loss / n).backward()
         per_layer[li] = float(loss.detach())
@@ -194,7 +234,7 @@ def train_indexer(model: nn.Module, windows: torch.Tensor, *, steps: int, lr: fl
                   seq_len: int | None = None, seed: int = 0, chunk: int = 1024, log_every: int = 10,
                   time_budget: float | None = None, clip: float = 1.0, weight_decay: float = 0.01,
                   out: str | Path | None = None, save_every: int = 0, training_meta: dict | None = None,
-                  log=print) -> dict:
+                  target: str = "all", log=print) -> dict:
     """Train the attached indexers on token windows [N, >=seq_len]; returns a summary with the loss curve.
 
     With time_budget (seconds), the schedule's progress is max(step/steps, elapsed/budget), and training
@@ -233,7 +273,7 @@ def train_indexer(model: nn.Module, windows: torch.Tensor, *, steps: int, lr: fl
             cursor += 1
         ids = windows[rows, :seq_len].to(device)
         opt.zero_grad(set_to_none=True)
-        loss, per_layer = indexer_loss_backward(model, ids, chunk=chunk)
+        loss, per_layer = indexer_loss_backward(model, ids, chunk=chunk, target=target)
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         opt.step()
         tokens += ids.numel()
@@ -303,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
     ap.add_argument("--config", help="a dsa_config.json to train for (default: DSAConfig())")
+    ap.add_argument("--target", default="all", choices=("all", "selectable"),
+                    help="KL over all causal keys (DeepSeek warm-up) or only the keys selection chooses among")
+    ap.add_argument("--init", help="start from these indexer weights (a weights dir) instead of random init")
     args = ap.parse_args(argv)
 
     random.seed(args.seed)
@@ -317,16 +360,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = DSAConfig.load(args.config) if args.config else DSAConfig()
     cfg.mode = "sparse"
     prepare(model, cfg, args.seed)
+    if args.init:
+        from .weights import load_indexer
+
+        load_indexer(model, args.init)  # keeps the fp32 trainable indexers, loads values into them
     windows = load_windows(args.data)
     meta = {"stage": "1 (dense warm-up, KL to head-summed attention)",
             "model": args.gguf_file or args.model, "data": Path(args.data).name, "windows": int(windows.shape[0]),
             "seq_len": args.seq_len or int(windows.shape[1]), "batch": args.batch, "lr": args.lr, "seed": args.seed,
-            "steps_planned": args.steps, "time_budget": args.time_budget, "model_dtype": str(dtype).split(".")[-1],
+            "target": args.target, "init": args.init, "steps_planned": args.steps, "time_budget": args.time_budget, "model_dtype": str(dtype).split(".")[-1],
             "indexer_dtype": "float32 (shipped as bfloat16)",
             "command": "python -m dsa.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))}
     summary = train_indexer(model, windows, steps=args.steps, lr=args.lr, batch=args.batch, seq_len=args.seq_len,
                             seed=args.seed, chunk=args.chunk, log_every=args.log_every, time_budget=args.time_budget,
-                            out=args.out, save_every=args.save_every, training_meta=meta)
+                            out=args.out, save_every=args.save_every, training_meta=meta, target=args.target)
     print(json.dumps({k: summary[k] for k in ("steps", "tokens", "loss_first", "final_loss", "seconds")}), flush=True)
     return 0
 
