@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import _block_means
 from .config import DSAConfig
 from .patch import attach, decoder_layers, indexer_parameters
 from .weights import save_indexer
@@ -100,6 +101,8 @@ def capture(model: nn.Module, input_ids: torch.Tensor) -> dict[int, tuple]:
     return store
 
 
+TARGETS = ("all", "selectable", "two-stage")
+
 # -- loss ------------------------------------------------------------------------------------------
 
 
@@ -165,15 +168,43 @@ def selectable_kl_chunk(p: torch.Tensor, qi, wi, ki, c0: int, c1: int, cfg: DSAC
     return (m * kl).sum(), m.sum()
 
 
+def block_kl_chunk(p: torch.Tensor, qi, wi, means, c0: int, c1: int, cfg: DSAConfig):
+    """Stage-1 (excerpt) term: selection ranks 64-token blocks by sum_h w ReLU(q_h . mean key of the block);
+    train that score to match the attention mass of each selectable block (not the sink block, not the
+    blocks of the local window), as a KL weighted by the mass on those blocks: sum_t m(t) KL_t, sum_t m(t)."""
+    bs = cfg.block_size
+    B, C, _ = p.shape
+    nbc = -(-c1 // bs)
+    dev = p.device
+    bstart = torch.arange(nbc, device=dev) * bs
+    bend = torch.clamp(bstart + bs, max=c1) - 1
+    t = torch.arange(c0, c1, device=dev)[:, None]
+    causal_b = bstart[None, :] <= t
+    forced_b = (bstart[None, :] < cfg.sink_tokens) | (bend[None, :] >= t - cfg.local_window + 1)
+    cand = causal_b & ~forced_b  # [C, nbc]
+    has = cand.any(-1)
+    pb = F.pad(p, (0, nbc * bs - c1)).view(B, C, nbc, bs).sum(-1) * cand  # [B, C, nbc]
+    m = pb.sum(-1)
+    ph = pb / m.clamp_min(1e-30)[..., None]
+    logits = torch.einsum("bqhd,bkd->bqhk", qi[:, c0:c1].float(), means[:, :nbc].float())
+    scores = torch.einsum("bqhk,bqh->bqk", F.relu(logits), wi[:, c0:c1])
+    scores = torch.where(has[:, None], scores.masked_fill(~cand, float("-inf")), torch.zeros_like(scores))
+    logq = scores.log_softmax(-1).masked_fill(~cand, 0.0)
+    kl = (torch.xlogy(ph, ph) - ph * logq).sum(-1)
+    return (m * kl).sum(), m.sum()
+
+
 def indexer_loss_backward(model: nn.Module, input_ids: torch.Tensor, chunk: int = 1024,
                           backward: bool = True, target: str = "all") -> tuple[float, dict[int, float]]:
     """Stage-1 loss of one batch, averaged over sparse layers; accumulates grads.
 
     target "all": mean over query tokens of KL(attention || softmax(indexer)) over all causal keys (the
     DeepSeek-V3.2 warm-up); "selectable": the same restricted to the keys selection chooses among (not
-    sink, not local window), weighted by the attention mass there (see selectable_kl_chunk)."""
-    if target not in ("all", "selectable"):
-        raise ValueError(f"target must be 'all' or 'selectable', got {target!r}")
+    sink, not local window), weighted by the attention mass there (see selectable_kl_chunk); "two-stage":
+    "selectable" plus the same KL at the level of 64-token blocks scored with block-mean keys, as stage 1 of
+    the selection ranks them (see block_kl_chunk)."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     store = capture(model, input_ids)
     B, L = input_ids.shape
     cfg = model.dsa_state.config
@@ -186,7 +217,8 @@ def indexer_loss_backward(model: nn.Module, input_ids: torch.Tensor, chunk: int 
         scale = layer_scale(layers[li], q.shape[-1])
         with torch.set_grad_enabled(backward):
             qi, wi, ki = idx(x, positions)
-            total, weight = 0.0, 0.0
+            total, weight, btotal, bweight = 0.0, 0.0, 0.0, 0.0
+            means = _block_means(ki, cfg.block_size) if target == "two-stage" else None
             for c0 in range(0, L, chunk):
                 c1 = min(c0 + chunk, L)
                 with torch.no_grad():
@@ -196,10 +228,17 @@ def indexer_loss_backward(model: nn.Module, input_ids: torch.Tensor, chunk: int 
                 else:
                     t_, w_ = selectable_kl_chunk(p, qi, wi, ki, c0, c1, cfg)
                     total, weight = total + t_, weight + float(w_)
+                    if means is not None:
+                        t_, w_ = block_kl_chunk(p, qi, wi, means, c0, c1, cfg)
+                        btotal, bweight = btotal + t_, bweight + float(w_)
             if target == "all":
                 loss = total / (B * L)
             else:
-                loss = total / max(weight, 1e-12) if weight > 0 else torch.zeros((), device=x.device, requires_grad=backward)
+                loss = torch.zeros((), device=x.device, requires_grad=backward)
+                if weight > 0:
+                    loss = loss + total / weight
+                if bweight > 0:
+                    loss = loss + btotal / bweight
             if backward:
                 (loss / n).backward()
         per_layer[li] = float(loss.detach())
@@ -343,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
     ap.add_argument("--config", help="a dsa_config.json to train for (default: DSAConfig())")
-    ap.add_argument("--target", default="all", choices=("all", "selectable"),
-                    help="KL over all causal keys (DeepSeek warm-up) or only the keys selection chooses among")
+    ap.add_argument("--target", default="all", choices=TARGETS,
+                    help="KL over all causal keys (DeepSeek warm-up), only over the keys selection chooses among, "
+                         "or that plus a block-level term for stage 1 of the selection (two-stage)")
     ap.add_argument("--init", help="start from these indexer weights (a weights dir) instead of random init")
     args = ap.parse_args(argv)
 

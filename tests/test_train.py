@@ -90,14 +90,18 @@ def test_chunking_does_not_change_loss():
     assert abs(a - b) < 1e-4
 
 
-def test_selectable_target_trains():
+import pytest
+
+
+@pytest.mark.parametrize("target", ["selectable", "two-stage"])
+def test_selectable_target_trains(target):
     model = tiny_model()
     T.prepare(model, small_cfg(), seed=0)
     windows = torch.randint(0, 97, (16, 128), generator=torch.Generator().manual_seed(3))
-    T.train_indexer(model, windows, steps=25, lr=1e-2, batch=2, chunk=48, log_every=0, target="selectable")
-    summary = T.train_indexer(model, windows, steps=1, lr=0.0, batch=2, chunk=48, log_every=0, target="selectable")
+    T.train_indexer(model, windows, steps=25, lr=1e-2, batch=2, chunk=48, log_every=0, target=target)
+    summary = T.train_indexer(model, windows, steps=1, lr=0.0, batch=2, chunk=48, log_every=0, target=target)
     fresh = tiny_model()
     T.prepare(fresh, small_cfg(), seed=0)
-    before = T.indexer_loss_backward(fresh, windows[:4], chunk=64, backward=False, target="selectable")[0]
-    after = T.indexer_loss_backward(model, windows[:4], chunk=64, backward=False, target="selectable")[0]
+    before = T.indexer_loss_backward(fresh, windows[:4], chunk=64, backward=False, target=target)[0]
+    after = T.indexer_loss_backward(model, windows[:4], chunk=64, backward=False, target=target)[0]
     assert np.isfinite(summary["final_loss"]) and after < 0.8 * before, (before, after)
