@@ -3,7 +3,12 @@
 The LM is frozen and attends densely. For every sparse layer the target distribution over keys is the
 layer's own attention, p(t, s) = sum_h softmax_s(q_h(t) . k_{h // g}(s) * scale) / H (causal, GQA), and
 the loss is KL(p(t, .) || softmax_s(I(t, s))) with the indexer scores I masked causally, averaged over
-query tokens and layers. Only the indexer learns (AdamW, warm-up + cosine, gradient clipping).
+query tokens and layers (`--target all`, the DeepSeek-V3.2 warm-up). Only the indexer learns (AdamW,
+warm-up + cosine, gradient clipping). Two variants aim the same KL at what selection decides:
+`--target selectable` drops the always-kept sink and local-window keys (renormalising, and weighting each
+query by the attention mass left), `--target two-stage` adds the same KL over 64-token blocks scored with
+block-mean keys, as stage 1 of dsa.select ranks them. The shipped SmolLM2 weights ran all, then selectable,
+then two-stage (see bench/RESULTS-indexer.md).
 
 Memory: one no-grad forward captures each layer's normalised input x and post-RoPE q/k (small: O(L) per
 layer); then layer by layer, and chunk by chunk over queries, the target [B, H, C, keys<=c1] and the
