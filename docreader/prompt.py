@@ -1,0 +1,82 @@
+"""Render the whole document and the conversation into one prompt, keeping an exact token -> char map.
+
+The chat template is rendered with a sentinel where the document goes; the text before and after it and
+the document itself are tokenised separately and concatenated. Those ids are exactly what the model
+reads, so each document token's character offsets (from the tokenizer) are exact by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .document import Document
+from .errors import DocreaderError
+
+PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+SENTINEL = "\uE000DOCREADER_DOCUMENT\uE000"
+
+
+def template(name: str) -> str:
+    return (PROMPTS / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+@dataclass
+class Prompt:
+    input_ids: list[int]
+    doc_start: int  # index of the first document token in input_ids
+    doc_offsets: list[tuple[int, int]]  # per document token: [start, end) chars in Document.text
+    dropped_turns: int = 0  # earlier turns left out to fit the window
+    history_turns: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def doc_end(self) -> int:
+        return self.doc_start + len(self.doc_offsets)
+
+
+def messages_for(document: Document, question: str, history: list[tuple[str, str]]) -> list[dict]:
+    """system, then the document with the first kept question, then the later turns."""
+    turns = [*history, (question, None)]
+    name = Path(document.path).name
+    msgs = [{"role": "system", "content": template("system")}]
+    for i, (q, a) in enumerate(turns):
+        if i == 0:
+            content = template("ask").format(document_name=name, document=SENTINEL, question=q)
+        else:
+            content = template("followup").format(question=q)
+        msgs.append({"role": "user", "content": content})
+        if a is not None:
+            msgs.append({"role": "assistant", "content": a})
+    return msgs
+
+
+def tokenize_document(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def build(tokenizer, document: Document, question: str, history: list[tuple[str, str]] | None = None,
+          window: int = 8192, max_new_tokens: int = 256, doc_tokens: tuple | None = None) -> Prompt:
+    """The prompt for `question`; drops the oldest turns (never the document) when it would not fit."""
+    if not question.strip():
+        raise DocreaderError("the question is empty")
+    history = list(history or [])
+    ids, offsets = doc_tokens or tokenize_document(tokenizer, document.text)
+    dropped = 0
+    while True:
+        msgs = messages_for(document, question, history[dropped:])
+        rendered = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        pre, post = rendered.split(SENTINEL)
+        pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"]
+        post_ids = tokenizer(post, add_special_tokens=False)["input_ids"]
+        total = len(pre_ids) + len(ids) + len(post_ids)
+        if total + max_new_tokens <= window:
+            return Prompt(pre_ids + ids + post_ids, len(pre_ids), offsets, dropped, len(history) - dropped)
+        if dropped < len(history):
+            dropped += 1
+            continue
+        raise DocreaderError(
+            f"too long for the model: the document is {len(ids):,} tokens, the prompt {total:,} tokens; with "
+            f"{max_new_tokens} new tokens that exceeds the {window:,}-token window (no silent truncation)",
+            path=document.path)
