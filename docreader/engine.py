@@ -7,6 +7,7 @@ is the same thing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,3 +20,126 @@ from . import models, store
 from .document import Document
 from .errors import DocreaderError
 from .generate import generate
+from .loaders import load as load_document
+from .prompt import Prompt, build, tokenize_document
+from .provenance import SelectionAccumulator, Span, spans_from_weights
+
+_MODELS: dict[tuple, models.LoadedModel] = {}  # one load per (model, knobs) per process
+
+
+def get_model(spec: str | None, overrides: dict | None = None) -> models.LoadedModel:
+    key = (spec or models.DEFAULT_MODEL, tuple(sorted((k, v) for k, v in (overrides or {}).items() if v is not None)))
+    if key not in _MODELS:
+        if spec in (None, "", models.DEFAULT_MODEL, "default"):
+            models.install_default(progress=lambda m: None)
+        _MODELS[key] = models.load(spec, overrides)
+    return _MODELS[key]
+
+
+@dataclass
+class Answer:
+    text: str
+    question: str
+    document: Document
+    spans: list[Span]
+    model: str
+    mode: str  # "sparse" | "dense"
+    dsa: dict  # the DSAConfig in use
+    prompt_tokens: int
+    document_tokens: int
+    new_tokens: int
+    dropped_turns: int
+    stop_reason: str
+    rope_factor: float
+    native_window: int
+    timings: dict = field(default_factory=dict)  # load_s, prefill_s, decode_s, tokens_per_s, phases
+    id: int | None = None  # the answer's row in the log (None when not logged)
+    session_id: str | None = None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "session_id": self.session_id, "question": self.question, "answer": self.text,
+                "document": {"path": self.document.path, "format": self.document.format,
+                             "sha256": self.document.sha256, "chars": len(self.document.text)},
+                "model": self.model, "mode": self.mode, "dsa": self.dsa,
+                "tokens": {"prompt": self.prompt_tokens, "document": self.document_tokens, "new": self.new_tokens},
+                "dropped_turns": self.dropped_turns, "stop_reason": self.stop_reason,
+                "rope_factor": self.rope_factor, "native_window": self.native_window, "timings": self.timings,
+                "spans": [{"rank": s.rank, "score": round(s.score, 6), "text": s.text, **s.location}
+                          for s in self.spans]}
+
+
+class Reader:
+    """A model with DSA attached plus the log: `ask` runs one question over one whole document."""
+
+    def __init__(self, model: str | None = None, overrides: dict | None = None, db_path: str | Path | None = None):
+        self.spec = model
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.db_path = db_path
+        self._lm: models.LoadedModel | None = None
+        self.load_s = 0.0
+
+    @property
+    def lm(self) -> models.LoadedModel:
+        if self._lm is None:
+            t0 = time.perf_counter()
+            self._lm = get_model(self.spec, self.overrides)
+            self.load_s = time.perf_counter() - t0
+        return self._lm
+
+    def load(self, path: str, format: str | None = None, password: str | None = None) -> Document:
+        return load_document(path, format=format, password=password)
+
+    def prompt(self, document: Document, question: str, history: list[tuple[str, str]] | None = None,
+               max_new_tokens: int = 256) -> Prompt:
+        lm = self.lm
+        doc_tokens = getattr(document, "_tokens", None)
+        if doc_tokens is None or doc_tokens[0] != lm.name:
+            doc_tokens = (lm.name, tokenize_document(lm.tokenizer, document.text))
+            document._tokens = doc_tokens  # chat turns reuse the document's tokens
+        return build(lm.tokenizer, document, question, history, window=lm.context_window,
+                     max_new_tokens=max_new_tokens, doc_tokens=doc_tokens[1])
+
+    def ask(self, document: Document | str, question: str, history: list[tuple[str, str]] | None = None,
+            session_id: str | None = None, max_new_tokens: int = 256, dense: bool = False,
+            on_text: Callable[[str], None] | None = None, log: bool = True, max_spans: int = 20) -> Answer:
+        """Answer `question` from the whole document; the indexer's selections become ranked spans."""
+        if isinstance(document, (str, Path)):
+            document = self.load(str(document))
+        if not question.strip():
+            raise DocreaderError("the question is empty", path=document.path)
+        lm = self.lm
+        p = self.prompt(document, question, history, max_new_tokens)
+        model, cfg = lm.model, lm.model.dsa_state.config
+        factor = set_context(model, len(p.input_ids) + max_new_tokens)
+        acc = SelectionAccumulator(len(p.input_ids) + max_new_tokens, record_from=p.doc_end)
+        mode = "dense" if dense else "sparse"
+        previous = cfg.mode
+        dsa.set_mode(model, mode)
+        try:
+            with dsa.recording(model, acc.recorder), dsa.profiling(model) as phases:
+                gen = generate(model, lm.tokenizer, p.input_ids, max_new_tokens, on_text=on_text)
+        finally:
+            dsa.set_mode(model, previous)
+        spans = spans_from_weights(acc.weights, acc.rows, p, document, cfg.sink_tokens, max_spans=max_spans)
+        ans = Answer(gen.text, question, document, spans, lm.name, mode, dataclasses.asdict(cfg) | {"mode": mode},
+                     len(p.input_ids), len(p.doc_offsets), gen.new_tokens, p.dropped_turns, gen.stop_reason,
+                     factor, lm.native_window,
+                     {"load_s": round(self.load_s, 3), "prefill_s": round(gen.prefill_s, 3),
+                      "decode_s": round(gen.decode_s, 3), "tokens_per_s": round(gen.tokens_per_s, 2),
+                      "phases_s": {k: round(v, 3) for k, v in phases.items()}},
+                     session_id=session_id)
+        if log:
+            ans.id = self.save(ans)
+        return ans
+
+    def save(self, ans: Answer) -> int:
+        row = {"session_id": ans.session_id, "question": ans.question, "answer": ans.text, "model": ans.model,
+               "mode": ans.mode, "dsa": json.dumps(ans.dsa), "prompt_tokens": ans.prompt_tokens,
+               "document_tokens": ans.document_tokens, "new_tokens": ans.new_tokens,
+               "dropped_turns": ans.dropped_turns, "load_s": ans.timings["load_s"],
+               "prefill_s": ans.timings["prefill_s"], "decode_s": ans.timings["decode_s"],
+               "tokens_per_s": ans.timings["tokens_per_s"]}
+        spans = [{"rank": s.rank, "char_start": s.char_start, "char_end": s.char_end, "page": s.location.get("page"),
+                  "label": s.location.get("label", ""), "score": s.score, "location": json.dumps(s.location)}
+                 for s in ans.spans]
+        return store.save_answer(store.open_db(self.db_path), ans.document, row, spans)
