@@ -77,6 +77,9 @@ class Reader:
         self.db_path = db_path
         self._lm: models.LoadedModel | None = None
         self.load_s = 0.0
+        # The KV + indexer cache of the last prompt's prefix up to the end of the document: a later
+        # question about the same document (a chat turn, an evaluation) prefills only what follows it.
+        self._prefix: tuple[tuple, dsa.DSACache] | None = None
 
     @property
     def lm(self) -> models.LoadedModel:
@@ -114,18 +117,25 @@ class Reader:
         acc = SelectionAccumulator(len(p.input_ids) + max_new_tokens, record_from=p.doc_end)
         mode = "dense" if dense else "sparse"
         previous = cfg.mode
+        key = (lm.name, mode, factor, hash(tuple(p.input_ids[: p.doc_end])))
+        cache = self._prefix[1] if self._prefix and self._prefix[0] == key else dsa.new_cache(model)
+        cache.crop(p.doc_end)
+        cached = cache.get_seq_length()
+        self._prefix = None  # until this generation finishes, the cache is not a clean prefix
         dsa.set_mode(model, mode)
         try:
             with dsa.recording(model, acc.recorder), dsa.profiling(model) as phases:
-                gen = generate(model, lm.tokenizer, p.input_ids, max_new_tokens, on_text=on_text)
+                gen = generate(model, lm.tokenizer, p.input_ids, max_new_tokens, on_text=on_text, cache=cache)
         finally:
             dsa.set_mode(model, previous)
+        cache.crop(p.doc_end)
+        self._prefix = (key, cache)
         spans = spans_from_weights(acc.weights, acc.rows, p, document, cfg.sink_tokens, max_spans=max_spans)
         ans = Answer(gen.text, question, document, spans, lm.name, mode, dataclasses.asdict(cfg) | {"mode": mode},
                      len(p.input_ids), len(p.doc_offsets), gen.new_tokens, p.dropped_turns, gen.stop_reason,
                      factor, lm.native_window,
                      {"load_s": round(self.load_s, 3), "prefill_s": round(gen.prefill_s, 3),
-                      "decode_s": round(gen.decode_s, 3), "tokens_per_s": round(gen.tokens_per_s, 2),
+                      "decode_s": round(gen.decode_s, 3), "tokens_per_s": round(gen.tokens_per_s, 2), "cached_prefix_tokens": cached,
                       "phases_s": {k: round(v, 3) for k, v in phases.items()}},
                      session_id=session_id)
         if log:

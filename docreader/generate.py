@@ -45,11 +45,18 @@ def stop_ids(model, tokenizer) -> set[int]:
 
 @torch.inference_mode()
 def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
-             on_text: Callable[[str], None] | None = None) -> Generation:
-    """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable."""
+             on_text: Callable[[str], None] | None = None, cache=None) -> Generation:
+    """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable.
+
+    `cache` may already hold a prefix of `input_ids` (e.g. the document, kept from an earlier question);
+    only the rest is prefilled."""
     stops = stop_ids(model, tokenizer)
-    cache = dsa.new_cache(model) if dsa.is_attached(model) else None
-    ids = torch.tensor([input_ids])
+    if cache is None:
+        cache = dsa.new_cache(model) if dsa.is_attached(model) else None
+    done = cache.get_seq_length() if cache is not None else 0
+    if done >= len(input_ids):
+        raise ValueError(f"the cache holds {done} tokens, the prompt only {len(input_ids)}")
+    ids = torch.tensor([input_ids[done:]])
     t0 = time.perf_counter()
     out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values

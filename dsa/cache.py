@@ -111,6 +111,7 @@ class DSACache(DynamicCache):
         Cache.__init__(self, layers=[GrowLayer() for _ in range(num_layers)])
         self.index_keys = [IndexerKeys(block_size) for _ in range(num_layers)]
 
+    @torch.inference_mode()  # caches filled under inference mode hold inference tensors
     def crop(self, max_length: int) -> None:
         n_remove = self.get_seq_length() - max_length
         if n_remove <= 0:
