@@ -35,9 +35,11 @@ def _scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def _tiebreak(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Order exact ties (ReLU zeros are common) by recency, so a selection never depends on how the
-    queries were chunked: prefill-then-decode and recompute-from-scratch pick the same keys."""
-    return scores.double() + pos.double()[None, :] * 1e-12
+    """Order exact ties by recency, so a selection never depends on how the queries were chunked:
+    prefill-then-decode and recompute-from-scratch pick the same keys. The ties that occur are exact
+    zeros (every head's ReLU is off); they become pos * 1e-30, still below any real positive score and
+    above any negative one, and distinct (float32 keeps 1e-30 * pos exactly ordered)."""
+    return torch.where(scores == 0, pos.float()[None, :] * 1e-30, scores)
 
 
 def select_chunk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor,
