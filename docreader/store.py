@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -63,9 +64,9 @@ def migrate(db: sqlite_utils.Database) -> None:
     done = {r["name"] for r in db["_migrations"].rows}
     for fn in MIGRATIONS:
         if fn.__name__ not in done:
-            with db.conn:
+            with transaction(db):  # a migration and its record land together or not at all
                 fn(db)
-                db["_migrations"].insert({"name": fn.__name__, "applied": now()})
+                _insert(db, "_migrations", {"name": fn.__name__, "applied": now()})
 
 
 def _document_row(doc: Document) -> dict:
@@ -74,21 +75,50 @@ def _document_row(doc: Document) -> dict:
             "created": now()}
 
 
+@contextmanager
+def transaction(db: sqlite_utils.Database):
+    """One explicit BEGIN … COMMIT (ROLLBACK on any error) on the raw connection.
+
+    Not `with db.conn:` around sqlite-utils' insert/upsert/execute: those commit each statement (or their
+    own block) on their own, so a failed span insert used to leave its answer and document behind."""
+    conn = db.conn
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _insert(db: sqlite_utils.Database, table: str, row: dict, upsert_pk: str | None = None) -> int:
+    """INSERT (or upsert on `upsert_pk`) on the raw connection, inside the caller's transaction."""
+    cols = list(row)
+    names = ", ".join(f'"{c}"' for c in cols)
+    sql = f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" for _ in cols)})'
+    if upsert_pk:
+        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != upsert_pk)
+        sql += f' ON CONFLICT("{upsert_pk}") DO UPDATE SET {sets}'
+    return db.conn.execute(sql, [row[c] for c in cols]).lastrowid
+
+
 def new_session(db: sqlite_utils.Database, doc: Document, model: str) -> str:
     import uuid
     sid = uuid.uuid4().hex[:12]
-    with db.conn:
-        db["documents"].upsert(_document_row(doc), pk="id")
-        db["sessions"].insert({"id": sid, "document_id": doc.sha256, "model": model, "created": now()})
+    with transaction(db):
+        _insert(db, "documents", _document_row(doc), upsert_pk="id")
+        _insert(db, "sessions", {"id": sid, "document_id": doc.sha256, "model": model, "created": now()})
     return sid
 
 
 def save_answer(db: sqlite_utils.Database, doc: Document, answer: dict, spans: list[dict]) -> int:
     """Document (once per hash), answer and spans in one transaction; returns the answer id."""
-    with db.conn:
-        db["documents"].upsert(_document_row(doc), pk="id")
-        aid = db["answers"].insert({**answer, "document_id": doc.sha256, "created": now()}).last_pk
-        db["spans"].insert_all({**s, "answer_id": aid} for s in spans)
+    with transaction(db):
+        _insert(db, "documents", _document_row(doc), upsert_pk="id")
+        aid = _insert(db, "answers", {**answer, "document_id": doc.sha256, "created": now()})
+        for s in spans:
+            _insert(db, "spans", {**s, "answer_id": aid})
     return aid
 
 

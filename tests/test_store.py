@@ -1,0 +1,163 @@
+"""The SQLite log: numbered migrations, foreign keys, one transaction per answer."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import sqlite_utils
+
+from docreader import store
+from docreader.document import Document, Region
+from docreader.errors import DocreaderError
+
+
+def _doc(text="Page one text.\nPage two text.\n", path="contract.pdf") -> Document:
+    cut = text.index("\n") + 1
+    return Document(path, "pdf", text, [Region(0, cut, "page", 0, "p. 1", {"page_label": "1"}),
+                                        Region(cut, len(text), "page", 1, "p. 2", {"page_label": "2"})],
+                    {"kind": "contract"})
+
+
+def _answer(**kw) -> dict:
+    row = {"session_id": None, "question": "What?", "answer": "That.", "model": "m", "mode": "sparse",
+           "dsa": json.dumps({"top_k": 8}), "prompt_tokens": 30, "document_tokens": 10, "new_tokens": 2,
+           "dropped_turns": 0, "load_s": 0.1, "prefill_s": 0.2, "decode_s": 0.3, "tokens_per_s": 4.0}
+    return row | kw
+
+
+def _span(rank=1, start=0, end=4, **kw) -> dict:
+    loc = {"char_start": start, "char_end": end, "page": 1, "label": "p. 1"}
+    return {"rank": rank, "char_start": start, "char_end": end, "page": 1, "label": "p. 1", "score": 0.5,
+            "location": json.dumps(loc)} | kw
+
+
+def counts(db) -> dict:
+    return {t: db[t].count for t in ("documents", "sessions", "answers", "spans")}
+
+
+@pytest.fixture
+def db(tmp_path):
+    return store.open_db(tmp_path / "log.db")
+
+
+def test_migrations_recorded_and_idempotent(tmp_path):
+    path = tmp_path / "log.db"
+    db = store.open_db(path)
+    names = [r["name"] for r in db["_migrations"].rows]
+    assert names == [fn.__name__ for fn in store.MIGRATIONS] and names[0] == "m001_initial"
+    assert {"documents", "sessions", "answers", "spans"} <= set(db.table_names())
+    aid = store.save_answer(db, _doc(), _answer(), [_span()])
+    applied = list(db["_migrations"].rows)
+    db.conn.close()
+    again = store.open_db(path)  # reopening applies nothing twice and keeps the data
+    assert list(again["_migrations"].rows) == applied
+    assert again["answers"].count == 1 and store.get_answer(again, aid)["question"] == "What?"
+
+
+def test_default_path_is_in_docreader_home(home):
+    db = store.open_db()
+    assert (home / "docreader.db").exists()
+    assert "_migrations" in db.table_names()
+
+
+def test_failed_migration_leaves_nothing_behind(tmp_path, monkeypatch):
+    path = tmp_path / "log.db"
+    store.open_db(path).conn.close()
+
+    def m002_broken(db):
+        db["extra"].create({"id": int}, pk="id")
+        db.execute("alter table answers add column note text")
+        raise RuntimeError("migration failed half-way")
+
+    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, m002_broken])
+    with pytest.raises(RuntimeError):
+        store.open_db(path)
+    raw = sqlite_utils.Database(path)
+    assert "extra" not in raw.table_names()
+    assert "note" not in raw["answers"].columns_dict
+    assert [r["name"] for r in raw["_migrations"].rows] == ["m001_initial"]
+
+
+def test_foreign_keys_on(db):
+    assert db.execute("pragma foreign_keys").fetchone()[0] == 1
+    with pytest.raises(sqlite3.IntegrityError):
+        db["spans"].insert({"answer_id": 12345, "rank": 1, "char_start": 0, "char_end": 1})
+    with pytest.raises(sqlite3.IntegrityError):
+        db["answers"].insert(_answer(document_id="no-such-document"))
+    assert counts(db) == {"documents": 0, "sessions": 0, "answers": 0, "spans": 0}
+
+
+def test_save_answer_roundtrip_and_document_once(db):
+    doc = _doc()
+    a1 = store.save_answer(db, doc, _answer(), [_span(1, 0, 4), _span(2, 15, 19, page=2)])
+    a2 = store.save_answer(db, doc, _answer(question="Again?"), [_span()])
+    assert a2 == a1 + 1
+    assert db["documents"].count == 1  # the text is stored once, keyed by its hash
+    drow = store.get_document(db, doc.sha256)
+    assert drow["text"] == doc.text and drow["chars"] == len(doc.text) and drow["kind"] == "contract"
+    assert [Region(**r) for r in json.loads(drow["regions"])] == doc.regions
+    row = store.get_answer(db, a1)
+    assert [(s["rank"], s["char_start"], s["page"]) for s in row["spans"]] == [(1, 0, 1), (2, 15, 2)]
+    assert row["document_id"] == doc.sha256 and row["created"]
+    recent = store.recent_answers(db, 5)
+    assert [r["id"] for r in recent] == [a2, a1] and recent[0]["document_path"].endswith("contract.pdf")
+    assert store.list_documents(db)[0]["answers"] == 2
+
+
+@pytest.mark.parametrize("bad", [{"no_such_column": 1}, {"score": object()}])  # unknown column; unbindable value
+def test_save_answer_is_atomic(db, bad):
+    """A span that cannot be inserted takes its answer and its (new) document with it."""
+    spans = [_span(1), _span(2) | bad]
+    with pytest.raises(sqlite3.Error):
+        store.save_answer(db, _doc(), _answer(), spans)
+    assert counts(db) == {"documents": 0, "sessions": 0, "answers": 0, "spans": 0}
+    # the connection is usable afterwards and nothing of the failed answer reappears on commit
+    aid = store.save_answer(db, _doc(), _answer(), [_span()])
+    assert counts(db) == {"documents": 1, "sessions": 0, "answers": 1, "spans": 1}
+    assert store.get_answer(db, aid)["spans"][0]["rank"] == 1
+
+
+def test_failed_answer_keeps_earlier_rows(db):
+    doc = _doc()
+    store.save_answer(db, doc, _answer(), [_span()])
+    with pytest.raises(sqlite3.Error):
+        store.save_answer(db, doc, _answer(question="second"), [_span(bogus=1)])
+    assert counts(db) == {"documents": 1, "sessions": 0, "answers": 1, "spans": 1}
+
+
+def test_atomic_across_connections(tmp_path):
+    """What another process sees: nothing of a failed answer (no commit happened mid-way)."""
+    path = tmp_path / "log.db"
+    db = store.open_db(path)
+    with pytest.raises(sqlite3.Error):
+        store.save_answer(db, _doc(), _answer(), [_span(), _span(bogus=1)])
+    other = sqlite3.connect(path)
+    assert other.execute("select count(*) from answers").fetchone()[0] == 0
+    assert other.execute("select count(*) from documents").fetchone()[0] == 0
+
+
+def test_sessions_and_history(db):
+    doc = _doc()
+    sid = store.new_session(db, doc, "m")
+    assert store.get_session(db)["id"] == sid and store.get_session(db, sid)["document_id"] == doc.sha256
+    store.save_answer(db, doc, _answer(session_id=sid, question="q1", answer="a1"), [])
+    store.save_answer(db, doc, _answer(question="unrelated"), [])
+    store.save_answer(db, doc, _answer(session_id=sid, question="q2", answer="a2"), [])
+    assert store.session_history(db, sid) == [("q1", "a1"), ("q2", "a2")]
+    assert [r["question"] for r in store.recent_answers(db, 10, sid)] == ["q2", "q1"]
+    sid2 = store.new_session(db, doc, "m")
+    assert store.get_session(db)["id"] == sid2  # --continue takes the latest
+    with pytest.raises(sqlite3.IntegrityError):  # a session's answers must belong to a real session
+        store.save_answer(db, doc, _answer(session_id="nope"), [])
+    assert db["answers"].count == 3
+
+
+def test_missing_rows_are_user_errors(db):
+    with pytest.raises(DocreaderError, match="no answer with id 7"):
+        store.get_answer(db, 7)
+    with pytest.raises(DocreaderError, match="no earlier chat session"):
+        store.get_session(db)
+    with pytest.raises(DocreaderError, match="no chat session abc"):
+        store.get_session(db, "abc")
