@@ -136,7 +136,8 @@ class Reader:
                      factor, lm.native_window,
                      {"load_s": round(self.load_s, 3), "prefill_s": round(gen.prefill_s, 3),
                       "decode_s": round(gen.decode_s, 3), "tokens_per_s": round(gen.tokens_per_s, 2), "cached_prefix_tokens": cached,
-                      "phases_s": {k: round(v, 3) for k, v in phases.items()}},
+                      "phases_s": {k: round(v, 3) for k, v in phases.items() if k != "keys_read"},
+                      "keys_read": int(phases.get("keys_read", 0))},
                      session_id=session_id)
         if log:
             ans.id = self.save(ans)

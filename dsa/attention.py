@@ -126,9 +126,13 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
             if use_dense:
                 continue
             with _phase(state, "attention"):
-                kg = key[b].index_select(1, sel.tokens)  # [Hkv, T, D]
-                vg = value[b].index_select(1, sel.tokens)
+                read = sel.mask.any(0)  # only keys some query of the chunk selected (decode: exactly its own)
+                tokens, mask = sel.tokens[read], sel.mask[:, read]  # [T], [C, T]
+                kg = key[b].index_select(1, tokens)  # [Hkv, T, D]
+                vg = value[b].index_select(1, tokens)
                 o = F.scaled_dot_product_attention(query[b : b + 1, :, c0:c1], kg[None], vg[None],
-                                                   attn_mask=sel.mask[None, None], scale=scaling, enable_gqa=True)
+                                                   attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
+                if state.timings is not None:
+                    state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(tokens.shape[0])
                 out[b, c0:c1] = o[0].transpose(0, 1)
     return out, None

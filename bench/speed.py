@@ -1,0 +1,157 @@
+"""Dense SDPA vs DSA on the same model, in one process: prefill seconds, decode ms/token, KV bytes read
+per decoded token, where DSA's time goes, and the dense/DSA ratios.
+
+    make bench                                          # default model, 2k / 8k / 32k on the CPU
+    python -m bench.speed --lengths 2048,8192 --decode 16 --json bench/results/speed.json
+    python -m bench.speed --device cuda --lengths 8192,32768,131072   # on a GPU
+
+Random token ids (speed does not depend on content); YaRN scaling past the native window. Dense is the
+model with DSA detached (transformers' SDPA attention), DSA the same weights with the shipped indexer.
+Both use the same growing KV cache, so the comparison isolates attention. Timings are single runs after
+a warm-up at 512 tokens: the machine is shared and noisy, so read the ratios, which are taken minutes
+apart in one process, rather than the absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import dsa
+from dsa.longctx import set_context
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def run_one(model, L: int, n_decode: int, device: str, sparse: bool) -> dict:
+    """Prefill L random tokens, then greedy-free decode n_decode tokens (fixed ids); seconds + phases."""
+    g = torch.Generator().manual_seed(L)
+    x = torch.randint(100, model.config.vocab_size - 100, (1, L), generator=g).to(device)
+    cache = dsa.DSACache(model.config.num_hidden_layers)
+    phases: dict = {}
+    ctx = dsa.profiling(model) if sparse else _null()
+    with ctx as ph:
+        _sync(device)
+        t0 = time.perf_counter()
+        model(x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        _sync(device)
+        prefill = time.perf_counter() - t0
+        pre = dict(ph or {})
+        tok = torch.tensor([[1234]], device=device)
+        t1 = time.perf_counter()
+        for _ in range(n_decode):
+            model(tok, past_key_values=cache, use_cache=True)
+        _sync(device)
+        decode = (time.perf_counter() - t1) / n_decode
+        if ph is not None:
+            phases = {"prefill": pre, "decode": {k: v - pre.get(k, 0) for k, v in ph.items()}}
+    return {"prefill_s": prefill, "decode_ms": decode * 1e3, "phases": phases}
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def kv_bytes_per_token(model, L: int, cfg: dsa.DSAConfig | None, keys_read: float | None) -> float:
+    """Bytes of K and V (and, for DSA, indexer keys and block means) read for one decoded token."""
+    c = model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_tok = 2 * c.num_key_value_heads * hd * next(model.parameters()).element_size()
+    layers = c.num_hidden_layers
+    if cfg is None:
+        return layers * L * per_tok
+    sparse = [i for i in range(layers) if cfg.is_sparse_layer(i)]
+    dense_part = (layers - len(sparse)) * L * per_tok
+    elt = next(model.parameters()).element_size()
+    index_part = len(sparse) * (L * cfg.index_dim * elt + (L // cfg.block_size) * cfg.index_dim * 4)  # keys + block means
+    return dense_part + (keys_read or 0) * per_tok + index_part
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="local HF model dir (default: docreader's default model)")
+    ap.add_argument("--lengths", default="2048,8192,32768")
+    ap.add_argument("--decode", type=int, default=16, help="decoded tokens per measurement")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    ap.add_argument("--json", default="bench/results/speed.json")
+    args = ap.parse_args()
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+
+    from docreader import models  # only for locating/installing the default model and its indexer
+    if args.model is None:
+        models.install_default(progress=print)
+    lm = models.load(args.model, dtype=dtype)
+    model = lm.model.to(args.device)
+    cfg = model.dsa_state.config
+    lengths = [int(v) for v in args.lengths.split(",")]
+
+    # warm-up (allocators, kernels)
+    run_one(model, 512, 2, args.device, sparse=True)
+    rows = []
+    for L in lengths:
+        factor = set_context(model, L + args.decode + 1)
+        r_dsa = run_one(model, L, args.decode, args.device, sparse=True)
+        keys_read = r_dsa["phases"].get("decode", {}).get("keys_read", 0) / max(args.decode, 1)
+        dense_cfg = model.dsa_state.config
+        dsa.detach(model)
+        r_dense = run_one(model, L, args.decode, args.device, sparse=False)
+        dsa.attach(model, dense_cfg)
+        if lm.indexer_weights:
+            dsa.load_indexer(model, lm.indexer_weights)
+        pre = r_dsa["phases"].get("prefill", {})
+        row = {"L": L, "yarn_factor": factor,
+               "dense_prefill_s": r_dense["prefill_s"], "dsa_prefill_s": r_dsa["prefill_s"],
+               "dense_decode_ms": r_dense["decode_ms"], "dsa_decode_ms": r_dsa["decode_ms"],
+               "dense_kv_MB_per_token": kv_bytes_per_token(model, L, None, None) / 1e6,
+               "dsa_kv_MB_per_token": kv_bytes_per_token(model, L, cfg, keys_read) / 1e6,
+               "dsa_prefill_phases_s": {k: round(v, 2) for k, v in pre.items() if k != "keys_read"},
+               "dsa_decode_phases_ms": {k: round(v / args.decode * 1e3, 2)
+                                        for k, v in r_dsa["phases"].get("decode", {}).items() if k != "keys_read"}}
+        row["prefill_speedup"] = row["dense_prefill_s"] / row["dsa_prefill_s"]
+        row["decode_speedup"] = row["dense_decode_ms"] / row["dsa_decode_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
+               else torch.cuda.get_device_name())
+    print(f"\n{lm.name} ({dtype}) on {args.device} — {machine}; DSA top_k {cfg.top_k}, n_blocks {cfg.n_blocks}, "
+          f"sink {cfg.sink_tokens}, local {cfg.local_window}, dense layers {cfg.dense_layers}; "
+          f"{args.decode} decoded tokens per length; {time.strftime('%Y-%m-%d')}\n")
+    print("| tokens | prefill dense s | prefill DSA s | prefill ×  | decode dense ms/tok | decode DSA ms/tok | decode × "
+          "| KV read/token dense MB | DSA MB | DSA prefill split (indexer / selection / attention s) "
+          "| DSA decode split (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p, d = r["dsa_prefill_phases_s"], r["dsa_decode_phases_ms"]
+        print(f"| {r['L']:,} | {r['dense_prefill_s']:.1f} | {r['dsa_prefill_s']:.1f} | {r['prefill_speedup']:.2f} "
+              f"| {r['dense_decode_ms']:.0f} | {r['dsa_decode_ms']:.0f} | {r['decode_speedup']:.2f} "
+              f"| {r['dense_kv_MB_per_token']:.1f} | {r['dsa_kv_MB_per_token']:.1f} "
+              f"| {p.get('indexer', 0):.1f} / {p.get('selection', 0):.1f} / {p.get('attention', 0):.1f} "
+              f"| {d.get('indexer', 0):.1f} / {d.get('selection', 0):.1f} / {d.get('attention', 0):.1f} |")
+    if len(rows) > 1:
+        r0 = rows[0]
+        print(f"\nDSA decode at {rows[-1]['L']:,} is {rows[-1]['dsa_decode_ms'] / r0['dsa_decode_ms']:.2f}× "
+              f"its decode time at {r0['L']:,}.")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"model": lm.name, "device": args.device, "machine": machine,
+                                               "dtype": dtype, "dsa": cfg.to_dict(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
