@@ -13,7 +13,6 @@ import random
 from docreader.document import Document
 
 from . import eval_metrics as M
-from .eval_attention import answer_ids, answer_logprob
 
 
 def ablate(text: str, ranges: list[tuple[int, int]]) -> str:
@@ -48,6 +47,8 @@ def random_ranges(n_chars: int, lengths: list[int], avoid: list[tuple[int, int]]
 def drop_test(lm, doc: Document, question: str, answer: str, top: list[tuple[int, int]], k: int, n_random: int,
               seed: int, mode: str) -> dict | None:
     """log p(answer) with the full document, without the top-k spans, and without n_random random sets."""
+    from .eval_attention import answer_ids, answer_logprob  # torch + transformers: only when scoring
+
     ids = answer_ids(lm, answer)
     top = [tuple(t) for t in top[:k]]
     if not ids or not top:

@@ -65,7 +65,7 @@ def faith_table(s: dict) -> str:
     for name, v in s.items():
         if not v.get("n"):
             continue
-        rows.append([name, v["n"], v.get("k"), v.get("removed_chars_mean"), v["top_drop_mean"],
+        rows.append([name, v["n"], v.get("k"), round(v.get("removed_chars_mean") or 0), v["top_drop_mean"],
                      v["random_drop_mean"], v["top_drop_median"], v["random_drop_median"], v["top_beats_random"]])
     return table(["spans removed", "answers", "k", "chars removed (mean)", "log-p drop, top-k (mean)",
                   "log-p drop, random (mean)", "top-k median", "random median", "top-k drop > random"], rows)

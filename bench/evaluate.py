@@ -33,10 +33,10 @@ from bench import eval_data as D  # noqa: E402
 from bench import eval_metrics as M  # noqa: E402
 from bench.eval_qa import add_baselines, ask_document, log, score_provenance, summarize_cost, summarize_provenance  # noqa: E402
 
-QUICK = dict(needle_lengths="1024,2048,4096", depths="0,0.5,1", needle_tokens=12,
-             contracts=2, contract_chars="3000,9000", present=3, absent=2,
-             meetings=1, meeting_chars="4000,9000", queries=3,
-             max_new_tokens=32, faith_questions=4, faith_k=3, faith_random=2, faith_mode="dense",
+QUICK = dict(needle_lengths="1024,4096", depths="0,0.5,1", needle_tokens=10,
+             contracts=2, contract_chars="3000,8000", present=2, absent=1,
+             meetings=1, meeting_chars="4000,9000", queries=2,
+             max_new_tokens=24, faith_questions=3, faith_k=3, faith_random=2, faith_mode="dense",
              faith_methods="dsa")
 FULL = dict(needle_lengths="1024,2048,4096,8192,16384,32000", depths="0,0.25,0.5,0.75,1", needle_tokens=16,
             contracts=10, contract_chars="3000,60000", present=None, absent=None,
@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-embed", action="store_true", help="skip the MiniLM baseline")
     ap.add_argument("--window-words", type=int, default=64, help="words per retrieval-baseline window")
+    ap.add_argument("--report", metavar="JSON", help="only print the tables of an earlier results file")
     ap.add_argument("--all-docs", action="store_true", help="do not prefer documents held out from indexer training")
     g = ap.add_argument_group("sizes (defaults: quick or --full)")
     g.add_argument("--needle-lengths", help="prompt lengths in tokens, comma-separated")
@@ -220,6 +221,10 @@ def describe(a, model_name: str, dsa_cfg: dict) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.report:
+        from bench.eval_report import render
+        print(render(json.loads(Path(a.report).read_text())))
+        return 0
     t_start = time.perf_counter()
     parts = set(p.strip() for p in a.only.split(",") if p.strip())
     import torch
