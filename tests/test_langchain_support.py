@@ -18,6 +18,7 @@ CONTRACT = ("SUPPLY AGREEMENT\n\n1. Term. This agreement starts on 1 March 2024 
             "4. Payment. Invoices are due within thirty days of receipt.\n")
 
 _built: dict[str, Path] = {}
+REAL_MODEL_DIR = default_model_dir()  # resolved at import, before any test points DOCREADER_HOME elsewhere
 
 
 def tiny_model_dir(root: Path) -> Path:
@@ -27,7 +28,8 @@ def tiny_model_dir(root: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    src = default_model_dir()
+    src = REAL_MODEL_DIR
+    assert (src / "tokenizer.json").exists(), f"the default model's tokenizer is needed: {src}"
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
