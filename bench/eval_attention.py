@@ -16,11 +16,6 @@ from contextlib import contextmanager
 
 import torch
 
-import dsa
-from docreader.document import Document
-from docreader.prompt import build
-from dsa.longctx import set_context
-
 
 class DenseAttentionProbe:
     def __init__(self, record_from: int, skip_layers: tuple[int, ...] = (0,)):
@@ -61,13 +56,18 @@ def capturing(model, probe):
         state.capture = previous
 
 
-def prompt_for(lm, document: Document, question: str, max_new_tokens: int):
+def prompt_for(lm, document, question: str, max_new_tokens: int):
+    from docreader.prompt import build
+
     return build(lm.tokenizer, document, question, None, window=lm.context_window, max_new_tokens=max_new_tokens)
 
 
 @torch.inference_mode()
-def answer_logprob(lm, document: Document, question: str, answer_ids: list[int], mode: str = "sparse") -> float:
+def answer_logprob(lm, document, question: str, answer_ids: list[int], mode: str = "sparse") -> float:
     """log p(answer_ids | prompt(document, question)) under the model in `mode` (one full forward)."""
+    import dsa
+    from dsa.longctx import set_context
+
     if not answer_ids:
         return 0.0
     p = prompt_for(lm, document, question, len(answer_ids))

@@ -23,7 +23,7 @@ PROMPT_OVERHEAD = 120  # template + question tokens around the document (measure
 
 def needles(rng: random.Random) -> list[dict]:
     passkey = str(rng.randint(10000, 99999))
-    city, value = rng.choice(CITIES), str(rng.randint(1000000, 9999999))
+    city, value = rng.choice(CITIES), str(rng.randint(10000, 99999))
     return [
         {"kind": "passkey", "sentence": f"The pass key is {passkey}. Remember it. {passkey} is the pass key.",
          "question": "What is the pass key? Answer with the number only.", "value": passkey},

@@ -33,12 +33,12 @@ from bench import eval_data as D  # noqa: E402
 from bench import eval_metrics as M  # noqa: E402
 from bench.eval_qa import add_baselines, ask_document, log, score_provenance, summarize_cost, summarize_provenance  # noqa: E402
 
-QUICK = dict(needle_lengths="1024,4096", depths="0,0.5,1", needle_tokens=10,
+QUICK = dict(needle_lengths="1024,4096", depths="0,0.5,1", needle_tokens=16,
              contracts=2, contract_chars="3000,8000", present=2, absent=1,
              meetings=1, meeting_chars="4000,9000", queries=2,
              max_new_tokens=24, faith_questions=3, faith_k=3, faith_random=2, faith_mode="dense",
              faith_methods="dsa")
-FULL = dict(needle_lengths="1024,2048,4096,8192,16384,32000", depths="0,0.25,0.5,0.75,1", needle_tokens=16,
+FULL = dict(needle_lengths="1024,2048,4096,8192,16384,32000", depths="0,0.25,0.5,0.75,1", needle_tokens=20,
             contracts=10, contract_chars="3000,60000", present=None, absent=None,
             meetings=6, meeting_chars="4000,60000", queries=None,
             max_new_tokens=64, faith_questions=30, faith_k=3, faith_random=3, faith_mode="sparse",

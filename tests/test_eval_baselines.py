@@ -75,3 +75,37 @@ def test_random_ranges_same_lengths_and_avoid_top():
     assert not any(M.overlaps(r, t) for r in rs for t in top)
     assert not M.overlaps(rs[0], rs[1])
     assert all(0 <= a and b <= 1000 for a, b in rs)
+
+
+def test_dense_attention_probe_rows_and_causal_mask():
+    import torch
+
+    from bench.eval_attention import DenseAttentionProbe
+
+    g = torch.Generator().manual_seed(0)
+    H, Hkv, L, D = 4, 2, 6, 8
+    q = torch.randn(1, H, L, D, generator=g)
+    k = torch.randn(1, Hkv, L, D, generator=g)
+    probe = DenseAttentionProbe(record_from=4)
+    probe(0, None, q, k)  # layer 0 is skipped
+    assert probe.rows == 0
+    probe(1, None, q, k)  # prefill: rows 4 and 5 only
+    assert probe.rows == 2
+    kk = k[0].repeat_interleave(H // Hkv, 0)
+    expect = torch.zeros(L, dtype=torch.float64)
+    for pos in (4, 5):
+        s = torch.einsum("hd,hkd->hk", q[0, :, pos], kk[:, : pos + 1]) * D**-0.5
+        expect[: pos + 1] += torch.softmax(s, -1).sum(0).double() / H
+    assert torch.allclose(probe.weights[:L], expect, atol=1e-6)
+    assert float(probe.weights[:L].sum()) == pytest_approx(2.0)  # each row's softmax sums to 1
+    # decode step: one query at the last position, keys include the cache
+    before = probe.weights[:L].clone()
+    probe(1, None, q[:, :, -1:], k)
+    assert probe.rows == 3
+    assert float((probe.weights[:L] - before).sum()) == pytest_approx(1.0)
+
+
+def pytest_approx(x):
+    import pytest
+
+    return pytest.approx(x, abs=1e-6)
