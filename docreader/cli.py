@@ -80,11 +80,12 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
         password: Optional[str] = Pwd, spans: int = SpansOpt,
         no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer.")):
     """Answer QUESTION from the whole of FILE, streaming, then show the selected source spans."""
-    from .engine import Reader
     if not question.strip():
         raise DocreaderError("the question is empty", path=file)
+    from .loaders import load as load_document
+    doc = load_document(file, format=format, password=password)  # bad input fails before torch is imported
+    from .engine import Reader
     reader = Reader(model, _overrides(top_k, n_blocks, local_window, sink_tokens))
-    doc = reader.load(file, format=format, password=password)
     on_text = None if json_out else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     ans = reader.ask(doc, question, max_new_tokens=max_new_tokens, dense=dense, on_text=on_text, log=not no_log)
     out = ans.to_json()
@@ -110,7 +111,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
          dense: bool = Dense, format: Optional[str] = Fmt, password: Optional[str] = Pwd, spans: int = SpansOpt):
     """Multi-turn chat about one document; sessions are stored and resumable."""
     from .document import Document
-    from .engine import Reader
+    from .loaders import load as load_document
     db = store.open_db()
     if cont or session:
         row = store.get_session(db, session)
@@ -123,13 +124,14 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         history = store.session_history(db, sid)
         typer.echo(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).")
     elif file:
-        reader0 = Reader(model)
-        doc = reader0.load(file, format=format, password=password)
+        doc = load_document(file, format=format, password=password)
         sid, history = None, []
     else:
         raise DocreaderError("give a FILE, or --continue / --session ID")
+    from .engine import Reader
     reader = Reader(model, _overrides(top_k, n_blocks, local_window, sink_tokens))
     if sid is None:
+        reader.prompt(doc, "?", [], max_new_tokens)  # a document too long for the window fails before any row is written
         sid = store.new_session(db, doc, model or models_mod.DEFAULT_MODEL)
         typer.echo(f"Chatting about {doc.path} (session {sid}). Type 'exit' or Ctrl-D to stop.")
     while True:

