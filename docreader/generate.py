@@ -36,10 +36,11 @@ def stop_ids(model, tokenizer) -> set[int]:
     for e in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]:
         if e is not None:
             ids.add(int(e))
+    vocab = tokenizer.get_vocab()
     for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
-            ids.add(tid)
+        # by vocabulary membership, not "!= unk_token_id": SmolLM2's unk token *is* <|endoftext|>
+        if tok in vocab:
+            ids.add(int(vocab[tok]))
     return ids
 
 
