@@ -6,6 +6,7 @@ Every user error is one line on stderr and exit code 1 (no traceback); --json pr
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from functools import wraps
 from typing import Optional
@@ -15,6 +16,7 @@ import typer
 from . import models as models_mod
 from . import store
 from .errors import DocreaderError
+from .home import db_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
@@ -36,6 +38,12 @@ def friendly(fn):
             return fn(*a, **k)
         except DocreaderError as e:
             _fail(str(e))
+        except OSError as e:  # e.g. DOCREADER_HOME is a file or not writable
+            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:  # integrity/programming errors are bugs: keep the traceback
+                raise
+            _fail(f"{db_path()}: {e} (move it aside to start a new log)")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
     return run

@@ -109,6 +109,19 @@ def test_chat_needs_a_file_or_session(home):
     assert db_counts(home) == NO_ROWS
 
 
+def test_bad_home_and_bad_database(tmp_path, monkeypatch):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    monkeypatch.setenv("DOCREADER_HOME", str(not_a_dir))
+    expect_error("log", name=str(not_a_dir), reason="File exists")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "docreader.db").write_bytes(b"this is not a database at all, just text " * 50)
+    monkeypatch.setenv("DOCREADER_HOME", str(home))
+    for cmd in (["log"], ["documents"], ["audit", "1"], ["chat", "-c"]):
+        expect_error(*cmd, name=str(home / "docreader.db"), reason="file is not a database")
+
+
 def test_real_process_prints_no_traceback(home, tmp_path):
     """The installed entry point, not CliRunner: what a user sees on a real terminal."""
     env = {**os.environ, "DOCREADER_HOME": str(home)}
