@@ -21,7 +21,7 @@ from test_langchain_support import TINY_DSA, tiny_model_dir, write_contract  # n
 from docreader import store  # noqa: E402
 from docreader.langchain import ChatDocreader  # noqa: E402
 from docreader.langchain._readers import build_with_system, document_for  # noqa: E402
-from docreader.langchain.chat_model import _Emitter, to_docreader  # noqa: E402
+from docreader.langchain.messages import Emitter, to_docreader  # noqa: E402
 from docreader.prompt import build, template, tokenize_document  # noqa: E402
 
 NO_TOOLS = ("ChatDocreader does not bind tools: its local document-QA model is not trained for tool calling "
@@ -189,13 +189,35 @@ def test_greedy_only():
     assert ChatDocreader(temperature=0)._get_ls_params(stop=["x"])["ls_stop"] == ["x"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(pieces=st.lists(st.text(alphabet="ab \n", max_size=4), max_size=12),
-       stop=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), max_size=2))
+       stop=st.lists(st.text(alphabet="ab \n", min_size=1, max_size=3), max_size=3))
 def test_emitter_streams_exactly_the_final_text(pieces, stop):
-    """Streamed pieces concatenate to the stripped answer cut at the first stop sequence."""
-    e = _Emitter(stop)
+    """Streamed pieces concatenate to the final answer: stripped, cut where the first stop sequence to
+    appear starts (as a real-time stop would cut it)."""
+    e = Emitter(stop)
     streamed = "".join(e.feed(p) for p in pieces) + e.finish()
-    text = "".join(pieces).lstrip()
-    cuts = [text.find(s) for s in stop if s in text]
-    assert streamed == (text[: min(cuts)] if cuts else text).rstrip()
+    raw = text = ""
+    for p in pieces:
+        raw += p
+        text = raw.lstrip()
+        cuts = [text.find(s) for s in stop if s in text]
+        if cuts:
+            text = text[: min(cuts)]
+            break
+    assert streamed == e.text() == text.rstrip()
+
+
+def test_async_invoke_and_stream_match_sync(tiny, home, contract):
+    import asyncio
+
+    model = llm(tiny, document=str(contract), max_tokens=8, log=False)
+    expected = model.invoke("When are invoices due?").content
+
+    async def run():
+        whole = await model.ainvoke("When are invoices due?")
+        parts = [c.content async for c in model.astream("When are invoices due?")]
+        return whole.content, parts
+
+    whole, parts = asyncio.run(run())
+    assert whole == expected and "".join(parts) == expected and len([p for p in parts if p]) >= 3

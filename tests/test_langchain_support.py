@@ -17,6 +17,29 @@ CONTRACT = ("SUPPLY AGREEMENT\n\n1. Term. This agreement starts on 1 March 2024 
             "3. Governing law. This agreement is governed by the laws of the State of Delaware.\n"
             "4. Payment. Invoices are due within thirty days of receipt.\n")
 
+# ~400 tokens for the real model: long enough that the selected spans pick out lines, short enough for CPU
+CLAUSES = [
+    "Definitions. Words in capitals have the meanings given in Schedule 1.",
+    "Appointment. The Supplier appoints the Distributor as its non-exclusive distributor in the Territory.",
+    "Term. This agreement starts on 1 March 2024 and runs for three years.",
+    "Orders. The Distributor places orders in writing; an order binds the Supplier once it is confirmed.",
+    "Prices. Prices are those in the Supplier's price list current on the date of the order.",
+    "Payment. Invoices are due within thirty days of receipt, in US dollars.",
+    "Delivery. Products are delivered FOB the Supplier's warehouse in Austin, Texas.",
+    "Warranty. The Supplier warrants that the Products are free from defects for twelve months.",
+    "Liability. Neither party is liable for indirect or consequential loss.",
+    "Confidentiality. Each party keeps the other's confidential information secret for five years.",
+    "Trademarks. The Distributor may use the Supplier's trademarks only to promote the Products.",
+    "Notice. Either party may end this agreement with ninety (90) days written notice.",
+    "Termination for breach. A party may end this agreement at once if the other commits a material breach.",
+    "Force majeure. Neither party is liable for delay caused by events beyond its reasonable control.",
+    "Assignment. Neither party may assign this agreement without the other's written consent.",
+    "Governing law. This agreement is governed by the laws of the State of Delaware.",
+    "Disputes. The courts of Wilmington, Delaware have exclusive jurisdiction over any dispute.",
+    "Entire agreement. This agreement replaces all earlier agreements between the parties.",
+]
+LONG_CONTRACT = "DISTRIBUTION AGREEMENT\n\n" + "".join(f"{i}. {c}\n" for i, c in enumerate(CLAUSES, 1))
+
 _built: dict[str, Path] = {}
 REAL_MODEL_DIR = default_model_dir()  # resolved at import, before any test points DOCREADER_HOME elsewhere
 
@@ -44,6 +67,6 @@ def tiny_model_dir(root: Path) -> Path:
     return out
 
 
-def write_contract(path: Path) -> Path:
-    path.write_text(CONTRACT, encoding="utf-8")
+def write_contract(path: Path, text: str = CONTRACT) -> Path:
+    path.write_text(text, encoding="utf-8")
     return path

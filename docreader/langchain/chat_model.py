@@ -13,96 +13,21 @@ import queue
 import threading
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, SecretStr, field_validator
 
 from ..models import DEFAULT_MODEL
 from ._readers import GENERATION_LOCK, document_for, reader_for
+from .messages import Emitter, to_docreader
 
 
 class _Cancelled(Exception):
     """Raised from on_text to stop a generation nobody is reading any more."""
-
-
-class _Emitter:
-    """Turns raw streamed pieces into what the final answer will be: stripped, cut at a stop sequence.
-
-    Whitespace at the end and the last len(longest stop)-1 characters are held back until it is clear
-    they belong to the answer, so the concatenated chunks equal the invoke() content exactly."""
-
-    def __init__(self, stop: list[str] | None):
-        self.stop = [s for s in (stop or []) if s]
-        self.raw, self.sent, self.stopped = "", 0, False
-
-    def _text(self) -> tuple[str, bool]:
-        text = self.raw.lstrip()
-        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        return (text[: min(cuts)], True) if cuts else (text, False)
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        self.raw += piece
-        text, self.stopped = self._text()
-        if self.stopped:
-            return ""
-        keep = len(text.rstrip()) - max((len(s) - 1 for s in self.stop), default=0)
-        out = text[self.sent : max(keep, self.sent)]
-        self.sent += len(out)
-        return out
-
-    def finish(self) -> str:
-        text = self._text()[0].rstrip()
-        out, self.sent = text[self.sent :], len(text)
-        return out
-
-
-def _text_of(message: BaseMessage) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    return "".join(b if isinstance(b, str) else b.get("text", "") for b in message.content
-                   if isinstance(b, str) or b.get("type") in ("text", "text-plain"))
-
-
-def _document_in(message: BaseMessage) -> str | None:
-    found = message.additional_kwargs.get("document")
-    for b in message.content if isinstance(message.content, list) else []:
-        if isinstance(b, dict) and b.get("type") == "file":
-            ref = b.get("path") or b.get("url")
-            if not ref:
-                raise ValueError("ChatDocreader reads local files only: give a file block a 'url' (file://) or 'path'")
-            u = urlparse(ref)
-            if u.scheme not in ("", "file") and len(u.scheme) > 1:  # (one letter: a Windows drive)
-                raise ValueError(f"ChatDocreader reads local files only, not {u.scheme}: URLs")
-            found = unquote(u.path) if u.scheme == "file" else ref
-    return found
-
-
-def to_docreader(messages: list[BaseMessage]) -> tuple[str | None, list[tuple[str, str]], str, str | None]:
-    """(system or None, history [(question, answer)], question, document from the messages or None)."""
-    system, turns, document = [], [], None  # turns: [role, text] with consecutive roles joined
-    for m in messages:
-        document = _document_in(m) or document
-        if isinstance(m, SystemMessage):
-            system.append(_text_of(m))
-            continue
-        role = "ai" if isinstance(m, AIMessage) else "human"  # human, tool and other messages are input
-        if turns and turns[-1][0] == role:
-            turns[-1][1] += "\n\n" + _text_of(m)
-        else:
-            turns.append([role, _text_of(m)])
-    if not turns or turns[-1][0] != "human" or not turns[-1][1].strip():
-        raise ValueError("ChatDocreader needs the conversation to end with a non-empty human message (the question)")
-    if turns[0][0] == "ai":
-        turns.insert(0, ["human", ""])
-    history = [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns) - 1, 2)]
-    return ("\n\n".join(system) if system else None), history, turns[-1][1], document
 
 
 class ChatDocreader(BaseChatModel):
@@ -205,11 +130,11 @@ class ChatDocreader(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        emitter = _Emitter(stop or self.stop)
+        emitter = Emitter(stop or self.stop)
         ans = self._ask(messages, kwargs, emitter.feed)
         emitter.finish()
         final = self._final_chunk(ans, emitter.stopped)
-        msg = AIMessage(content=emitter._text()[0].rstrip(), additional_kwargs=final.additional_kwargs,
+        msg = AIMessage(content=emitter.text(), additional_kwargs=final.additional_kwargs,
                         usage_metadata=final.usage_metadata, response_metadata=final.response_metadata)
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
@@ -232,7 +157,7 @@ class ChatDocreader(BaseChatModel):
 
         worker = threading.Thread(target=work, name="docreader-stream", daemon=True)
         worker.start()
-        emitter = _Emitter(stop or self.stop)
+        emitter = Emitter(stop or self.stop)
         try:
             while True:
                 kind, value = q.get()
