@@ -30,6 +30,8 @@ _MODELS: dict[tuple, models.LoadedModel] = {}  # one load per (model, knobs) per
 def get_model(spec: str | None, overrides: dict | None = None) -> models.LoadedModel:
     key = (spec or models.DEFAULT_MODEL, tuple(sorted((k, v) for k, v in (overrides or {}).items() if v is not None)))
     if key not in _MODELS:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with the answer
         if spec in (None, "", models.DEFAULT_MODEL, "default"):
             models.install_default(progress=lambda m: None)
         _MODELS[key] = models.load(spec, overrides)
