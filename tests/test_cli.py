@@ -209,7 +209,9 @@ def check_spans(spans: list[dict], doc: Document, fields: tuple[str, ...]) -> No
 @pytest.mark.integration
 def test_ask_json_audit_log(model_home, irc_file):
     doc = load(str(irc_file))
-    out = json.loads(run("ask", irc_file, "Who buys music from iTunes?", "--json", "-n", NEW).stdout)
+    knobs = ["--top-k", "96", "--n-blocks", "4", "--local-window", "32"]  # the DSA knobs reach the model
+    out = json.loads(run("ask", irc_file, "Who buys music from iTunes?", "--json", "-n", NEW, *knobs).stdout)
+    assert (out["dsa"]["top_k"], out["dsa"]["n_blocks"], out["dsa"]["local_window"]) == (96, 4, 32)
     assert out["answer"].strip() and out["question"] == "Who buys music from iTunes?"
     assert out["mode"] == "sparse" and out["model"] == models.DEFAULT_MODEL
     assert out["document"]["sha256"] == doc.sha256 and out["document"]["format"] == "chat"
@@ -224,6 +226,7 @@ def test_ask_json_audit_log(model_home, irc_file):
                                                     "spans": len(out["spans"])}
     audit = json.loads(run("audit", out["id"], "--json").stdout)
     assert audit["answer"] == out["answer"] and audit["prompt_tokens"] == tokens["prompt"]
+    assert audit["dsa"] == out["dsa"] and audit["mode"] == "sparse"
     key = lambda s: (s["rank"], s["char_start"], s["char_end"], s["text"], s["label"], s.get("message"))
     assert [key(s) for s in audit["spans"]] == [key(s) for s in out["spans"]]
     text = run("audit", out["id"]).stdout
@@ -326,3 +329,22 @@ def test_chat_sessions(model_home, irc_file):
     assert [a["question"] for a in store.recent_answers(db, 10, sid)][0] == "Anything else?"
     assert len(store.recent_answers(db, 10, other)) == 1
     assert db_counts(model_home) == {"documents": 1, "sessions": 2, "answers": 5, "spans": db["spans"].count}
+
+
+@pytest.mark.integration
+def test_chat_drops_oldest_turns_and_says_so(model_home, irc_file, tokenizer, monkeypatch):
+    from docreader.prompt import build
+    doc = load(str(irc_file))
+    bare = len(build(tokenizer, doc, "Question number one?", window=10**6, max_new_tokens=0).input_ids)
+    window = bare + int(NEW) + 45  # room for about one earlier turn beside the document
+    monkeypatch.setattr(models.LoadedModel, "context_window", property(lambda self: window))
+    qs = ["Question number one?", "Question number two?", "Question number three?", "Question number four?"]
+    result = run("chat", irc_file, "-n", NEW, input="\n".join(qs) + "\n")
+    notes = re.findall(r"\(note: the (\d+) oldest turn\(s\) no longer fit beside the document", result.stdout)
+    assert notes and all(int(n) >= 1 for n in notes)
+    rows = store.recent_answers(store.open_db(), 10)[::-1]
+    assert [r["question"] for r in rows] == qs
+    assert [r["dropped_turns"] for r in rows][:1] == [0] and rows[-1]["dropped_turns"] >= 2
+    assert len(notes) == sum(1 for r in rows if r["dropped_turns"])
+    assert {r["document_tokens"] for r in rows} == {rows[0]["document_tokens"]}  # the document is always whole
+    assert all(r["prompt_tokens"] + int(NEW) <= window for r in rows)
