@@ -46,8 +46,8 @@ def script(path: str) -> FakeToolCaller:
     ]))
 
 
-def run_loop(llm, **tool_kw) -> dict:
-    ns = {"llm": llm}
+def run_loop(tool_model, **tool_kw) -> dict:
+    ns = {"tool_model": tool_model}
     mp = pytest.MonkeyPatch()
     mp.setattr(dl, "docreader_tools", functools.partial(dl.docreader_tools, **tool_kw))
     try:
@@ -84,7 +84,7 @@ def test_readme_agent_loop_with_fake_tool_calling_model(home, tmp_path, tmp_path
 def test_real_model_agent_loop_and_chat_model(model_home, tmp_path, capsys):
     """The default SmolLM2-135M with its trained indexer on a short contract (well under a minute)."""
     doc = write_contract(tmp_path / "contract.txt", LONG_CONTRACT)
-    ns = run_loop(script(str(doc)), max_new_tokens=32)
+    ns = run_loop(script(str(doc)), max_new_tokens=24)
     asked = check(ns, doc)[0]
     print("\nask_document ->", asked.content)
     for s in asked.artifact[:3]:
@@ -94,7 +94,7 @@ def test_real_model_agent_loop_and_chat_model(model_home, tmp_path, capsys):
     assert asked.content.split("\n\n[answer #1 on ")[0].strip()
     assert all(re.fullmatch(r"line \d+( – line \d+)?", s["label"]) for s in asked.artifact)
 
-    llm = dl.ChatDocreader(document=str(doc), max_tokens=24)
+    llm = dl.ChatDocreader(document=str(doc), max_tokens=16)
     streamed = "".join(c.content for c in llm.stream("What notice does a party need to give to end it?"))
     msg = llm.invoke("What notice does a party need to give to end it?")
     print("ChatDocreader ->", msg.content, msg.usage_metadata, msg.response_metadata["timings"])
