@@ -54,6 +54,12 @@ def test_ask_audit_list_share_the_log(tools, home, tmp_path):
     assert str(doc.resolve()) in listed.content and "1 answers" in listed.content
     assert listed.artifact[0]["answers"] == 1
 
+    from typer.testing import CliRunner
+
+    from docreader.cli import app
+    out = CliRunner().invoke(app, ["log", "--json"])  # the CLI reads what the tool wrote
+    assert out.exit_code == 0 and [r["question"] for r in json.loads(out.stdout)] == ["What law governs?"]
+
 
 def test_errors_go_back_to_the_agent(tools, home, tmp_path):
     missing = call(tools["ask_document"], {"path": str(tmp_path / "nope.pdf"), "question": "q"})
