@@ -52,7 +52,9 @@ def messages_for(document: Document, question: str, history: list[tuple[str, str
 
 
 def tokenize_document(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # split_special_tokens: a document that contains "<|im_end|>" or "<|im_start|>assistant" is text, not
+    # control tokens that would end the user's turn or open a fake assistant turn inside the prompt.
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
