@@ -58,13 +58,22 @@ def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
     return db
 
 
-def migrate(db: sqlite_utils.Database) -> None:
+def _applied(db: sqlite_utils.Database) -> set[str]:
     if "_migrations" not in db.table_names():
-        db["_migrations"].create({"name": str, "applied": str}, pk="name")
-    done = {r["name"] for r in db["_migrations"].rows}
-    for fn in MIGRATIONS:
-        if fn.__name__ not in done:
-            with transaction(db):  # a migration and its record land together or not at all
+        return set()
+    return {r[0] for r in db.conn.execute("select name from _migrations")}
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    if {fn.__name__ for fn in MIGRATIONS} <= _applied(db):
+        return
+    # Pending work: take the write lock first (BEGIN IMMEDIATE waits for it) and look again, so two processes
+    # opening a new log at once don't both create the tables ("already exists" / "database is locked").
+    with transaction(db):
+        db.conn.execute('CREATE TABLE IF NOT EXISTS "_migrations" ("name" TEXT PRIMARY KEY, "applied" TEXT)')
+        done = _applied(db)
+        for fn in MIGRATIONS:  # each migration and its record land together or not at all
+            if fn.__name__ not in done:
                 fn(db)
                 _insert(db, "_migrations", {"name": fn.__name__, "applied": now()})
 
@@ -82,7 +91,7 @@ def transaction(db: sqlite_utils.Database):
     Not `with db.conn:` around sqlite-utils' insert/upsert/execute: those commit each statement (or their
     own block) on their own, so a failed span insert used to leave its answer and document behind."""
     conn = db.conn
-    conn.execute("BEGIN")
+    conn.execute("BEGIN IMMEDIATE")  # the write lock up front: waits (busy timeout) instead of failing later
     try:
         yield
     except BaseException:

@@ -161,3 +161,30 @@ def test_missing_rows_are_user_errors(db):
         store.get_session(db)
     with pytest.raises(DocreaderError, match="no chat session abc"):
         store.get_session(db, "abc")
+
+
+def test_concurrent_first_open(tmp_path):
+    """Several processes (here: threads with their own connections) opening a new log at once all succeed."""
+    import threading
+
+    for trial in range(5):
+        path = tmp_path / f"log{trial}.db"
+        barrier, errors = threading.Barrier(6), []
+
+        def open_it():
+            barrier.wait()
+            try:
+                db = store.open_db(path)
+                store.save_answer(db, _doc(), _answer(), [_span()])
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        db = store.open_db(path)
+        assert [r["name"] for r in db["_migrations"].rows] == [fn.__name__ for fn in store.MIGRATIONS]
+        assert counts(db) == {"documents": 1, "sessions": 0, "answers": 6, "spans": 6}
