@@ -97,6 +97,16 @@ def test_empty_question(home, irc_file, question):
     assert db_counts(home) == NO_ROWS
 
 
+def test_bad_model_option(home, irc_file, tmp_path):
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text('{"model_type": "gpt2"}')
+    for cmd in (["ask", irc_file, "Who?"], ["chat", irc_file]):
+        expect_error(*cmd, "--model", tmp_path / "nope", name=str(tmp_path / "nope"), reason="not a model directory",
+                     input="Who?\n")
+        expect_error(*cmd, "--model", tmp_path / "gpt", reason="model type 'gpt2' is not supported", input="Who?\n")
+    assert db_counts(home) == NO_ROWS
+
+
 def test_format_override_on_wrong_content(home, irc_file):
     expect_error("ask", irc_file, "Who?", "--format", "pdf", name=str(irc_file))
     assert db_counts(home) == NO_ROWS
