@@ -44,9 +44,24 @@ def stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+REPETITION_PENALTY = 1.2
+
+
+def pick(logits: torch.Tensor, new: list[int], penalty: float) -> int:
+    """Greedy choice with a repetition penalty on tokens of the answer so far (not the prompt, so quoting
+    the document is never penalised): small models otherwise loop on one sentence."""
+    if penalty != 1.0 and new:
+        logits = logits.clone()
+        seen = torch.tensor(sorted(set(new)))
+        v = logits[seen]
+        logits[seen] = torch.where(v > 0, v / penalty, v * penalty)
+    return int(logits.argmax())
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
-             on_text: Callable[[str], None] | None = None, cache=None) -> Generation:
+             on_text: Callable[[str], None] | None = None, cache=None,
+             repetition_penalty: float = REPETITION_PENALTY) -> Generation:
     """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable.
 
     `cache` may already hold a prefix of `input_ids` (e.g. the document, kept from an earlier question);
@@ -79,7 +94,7 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
         if len(new) == max_new_tokens:
             break
         out = model(torch.tensor([[nxt]]), past_key_values=cache, use_cache=True)
-        nxt = int(out.logits[0, -1].argmax())
+        nxt = pick(out.logits[0, -1], new, repetition_penalty)
     decode_s = time.perf_counter() - t1
     text = tokenizer.decode(new, skip_special_tokens=True)
     if on_text and len(text) > len(shown):
