@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .cache import DSACache
 from .config import DSAConfig
 from .record import SelectionRecorder
-from .select import select_all_dense, select_chunk
+from .select import attended_record, select_all_dense, select_chunk
 
 
 @dataclass
@@ -122,7 +122,7 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
             with _phase(state, "selection"):
                 sel = select_chunk(qi[b, c0:c1], wi[b, c0:c1], keys[b], means[b], qp, cfg)
             if record:
-                rec.add(layer, b, qp, sel.sel_idx, sel.sel_score, sel.blocks)
+                rec.add(layer, b, qp, *attended_record(sel, cfg.sink_tokens), sel.blocks)
             if use_dense:
                 continue
             with _phase(state, "attention"):

@@ -17,7 +17,8 @@ class Selection:
     layer: int
     batch: int
     qpos: torch.Tensor  # [C] absolute query positions
-    idx: torch.Tensor  # [C, K] selected key positions (-1 = none); excludes forced sink/local tokens
+    idx: torch.Tensor  # [C, K] attended key positions, best indexer score first (-1 = none); top-k picks and the
+    # forced local window, never the attention sink
     score: torch.Tensor  # [C, K] indexer scores (fp32; -inf where none)
     blocks: torch.Tensor  # [C, n_blocks] excerpts kept by stage 1 (-1 = none)
 

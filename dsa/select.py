@@ -26,6 +26,7 @@ class ChunkSelection:
     sel_idx: torch.Tensor  # [C, K] long, absolute positions chosen by score (-1 = none), for provenance
     sel_score: torch.Tensor  # [C, K] fp32 indexer scores of sel_idx (-inf where none)
     blocks: torch.Tensor  # [C, n_blocks] long, the excerpts kept by stage 1 (-1 = none)
+    scores: torch.Tensor  # [C, T] fp32 indexer scores of `tokens`
 
 
 def _scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,18 @@ def select_chunk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
     mask = forced_t.clone()
     mask.scatter_(1, tidx, tok_ok | mask.gather(1, tidx))
     sel_idx = torch.where(tok_ok, tokens[tidx], torch.full_like(tidx, -1))
-    return ChunkSelection(tokens, mask, sel_idx, tval.float(), blocks)
+    return ChunkSelection(tokens, mask, sel_idx, tval.float(), blocks, tscore)
+
+
+def attended_record(sel: ChunkSelection, sink_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each query attends apart from the sink: top-k picks *and* the forced local window (so the
+    last tokens before a question can be cited too), with their indexer scores, best first.
+    -> idx [C, K] (-1 = none), score [C, K] (-inf = none)."""
+    keep = sel.mask & (sel.tokens >= sink_tokens)[None, :]  # [C, T]
+    k = max(int(keep.sum(-1).max()), 1)
+    val, ix = sel.scores.masked_fill(~keep, NEG).topk(min(k, keep.shape[1]), dim=-1)
+    idx = torch.where(val > NEG, sel.tokens[ix], torch.full_like(ix, -1))
+    return idx, val
 
 
 def select_all_dense(L: int, qpos: torch.Tensor) -> torch.Tensor:

@@ -118,9 +118,6 @@ def test_errors_write_nothing(model_home, irc_file, monkeypatch):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="provenance blind spot: keys forced by the local window are not reported "
-                   "by dsa's recorder, so the document's last ~(local_window - question) tokens never get weight "
-                   "and can never be cited (needs dsa/engine to report scores for forced keys)")
 def test_document_tail_can_be_cited(model_home, irc_file):
     import dsa
     from docreader.provenance import SelectionAccumulator
