@@ -81,9 +81,28 @@ def kv_bytes_per_token(model, L: int, cfg: dsa.DSAConfig | None, keys_read: floa
     return dense_part + (keys_read or 0) * per_tok + index_part
 
 
+def random_model(config_dir: str, dtype: str):
+    """The architecture of config_dir with random weights, DSA attached with the shipped indexer if any."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+    torch.manual_seed(0)
+    cfg = AutoConfig.from_pretrained(config_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype), attn_implementation="sdpa").eval()
+    shipped = dsa.find_shipped(model.config)
+    dsa.attach(model, dsa.DSAConfig.load(shipped / "dsa_config.json") if shipped else dsa.DSAConfig())
+    if shipped:
+        dsa.load_indexer(model, shipped)
+    name = f"{Path(config_dir).name} (random weights)"
+    return SimpleNamespace(name=name, model=model, indexer_weights=str(shipped) if shipped else None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="local HF model dir (default: docreader's default model)")
+    ap.add_argument("--random-weights", metavar="CONFIG_DIR", default=None,
+                    help="build the model from CONFIG_DIR/config.json with random weights (speed does not depend on "
+                         "weight values; for machines without the model); the shipped indexer still loads")
     ap.add_argument("--lengths", default="2048,8192,32768")
     ap.add_argument("--decode", type=int, default=16, help="decoded tokens per measurement")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -92,10 +111,13 @@ def main() -> None:
     args = ap.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
 
-    from docreader import models  # only for locating/installing the default model and its indexer
-    if args.model is None:
-        models.install_default(progress=print)
-    lm = models.load(args.model, dtype=dtype)
+    if args.random_weights:
+        lm = random_model(args.random_weights, dtype)
+    else:
+        from docreader import models  # only for locating/installing the default model and its indexer
+        if args.model is None:
+            models.install_default(progress=print)
+        lm = models.load(args.model, dtype=dtype)
     model = lm.model.to(args.device)
     cfg = model.dsa_state.config
     lengths = [int(v) for v in args.lengths.split(",")]

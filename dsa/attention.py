@@ -130,8 +130,10 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
                 tokens, mask = sel.tokens[read], sel.mask[:, read]  # [T], [C, T]
                 kg = key[b].index_select(1, tokens)  # [Hkv, T, D]
                 vg = value[b].index_select(1, tokens)
+                full = c1 - c0 == 1  # a single query reads exactly its own selection: no mask needed
                 o = F.scaled_dot_product_attention(query[b : b + 1, :, c0:c1], kg[None], vg[None],
-                                                   attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
+                                                   attn_mask=None if full else mask[None, None], scale=scaling,
+                                                   enable_gqa=True)
                 if state.timings is not None:
                     state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(tokens.shape[0])
                 out[b, c0:c1] = o[0].transpose(0, 1)
