@@ -7,7 +7,7 @@ Recall. One dense forward captures every sparse layer's normalised input and pos
 query positions, the true attention p(t, .) is softmax(q k^T * scale) summed over the query heads and
 L1-normalised; recall(t) = sum of p(t, s) over the keys s that dsa.select.select_chunk keeps for t (sink +
 local window + the top_k tokens inside the top n_blocks blocks, with the DSAConfig the weights were trained
-for -- the defaults: top_k 1024, n_blocks 32, sink 64, local 128), i.e. exactly what docreader attends.
+for -- the defaults: top_k 1024, n_blocks 64, sink 64, local 128), i.e. exactly what docreader attends.
 Reported for the trained indexer, for a random-init indexer (same seed as dsa.attach), and for the oracle:
 the true top-|S(t)| keys of p(t, .) at the same budget |S(t)| as the trained selection (the ceiling).
 Query positions (--queries Q): Q positions evenly spread over [budget, L-1], where budget = sink + local +
@@ -113,6 +113,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, choices=("bf16", "fp32"))
     ap.add_argument("--seed", type=int, default=0, help="seed of the random-init indexer")
+    ap.add_argument("--n-blocks", default=None,
+                    help="override DSAConfig.n_blocks of the weights' dsa_config.json; a comma list (64,48) "
+                         "evaluates each in turn with one model load, writing OUT_nb<N>.json for each")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any other DSAConfig field (repeatable), e.g. --set top_k=2048")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "indexer_eval.json"))
     args = ap.parse_args(argv)
     if args.model:
@@ -123,6 +128,14 @@ def main(argv=None) -> int:
     model = load_model(args.model, args.gguf_dir, args.gguf_file, args.device, dtype)
     weights = Path(args.weights)
     cfg = dsa.DSAConfig.load(weights / "dsa_config.json")
+    if args.set:
+        d = cfg.to_dict()
+        for kv in args.set:
+            key, _, val = kv.partition("=")
+            if key not in d:
+                raise SystemExit(f"--set: DSAConfig has no field {key!r}")
+            d[key] = json.loads(val) if val[:1] in "[{0123456789-" or val in ("true", "false") else val
+        cfg = dsa.DSAConfig.from_dict(d)
     torch.manual_seed(args.seed)
     dsa.attach(model, cfg)
     layers = decoder_layers(model)
@@ -131,6 +144,25 @@ def main(argv=None) -> int:
     dsa.load_indexer(model, weights)
     trained_idx = {i: copy.deepcopy(layers[i].self_attn.indexer).float() for i in sparse}  # fp32 copy for recall
     docs = torch.load(args.data)
+    nbs = [int(x) for x in args.n_blocks.split(",")] if args.n_blocks else [cfg.n_blocks]
+    dense_cache: dict = {}  # dense NLL does not depend on the selection: computed once per prompt
+    for nb in nbs:
+        cfg.n_blocks = nb  # the same object dsa.attach gave every layer (model.dsa_state.config)
+        assert model.dsa_state.config is cfg
+        out = evaluate(model, layers, sparse, cfg, trained_idx, random_idx, docs, args, dense_cache, dtype)
+        out["weights"] = str(weights)
+        out["seconds"] = round(time.perf_counter() - t_start, 1)
+        path = Path(args.out)
+        if len(nbs) > 1:
+            path = path.with_name(f"{path.stem}_nb{nb}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"\n## n_blocks = {nb} ({path.name}, {out['seconds']} s since start)\n", flush=True)
+        print(markdown(out), flush=True)
+    return 0
+
+
+def evaluate(model, layers, sparse, cfg, trained_idx, random_idx, docs, args, dense_cache, dtype) -> dict:
     lengths = [int(x) for x in args.lengths.split(",")]
     Q = args.queries
     dev = torch.device(args.device)
@@ -168,8 +200,17 @@ def main(argv=None) -> int:
                             saved = {i: {k2: v.clone() for k2, v in sd.items()} for i, sd in saved.items()}
                             for i in sparse:
                                 layers[i].self_attn.indexer.load_state_dict(swap[i].state_dict())
+                        if name == "dense" and (L, d["name"]) in dense_cache:
+                            res[name] = dense_cache[(L, d["name"])]
+                            continue
                         dsa.set_mode(model, "dense" if name == "dense" else "sparse")
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize()
+                        t1 = time.perf_counter()
                         res[name] = nll(model, ids).cpu().numpy()
+                        res[f"{name}_seconds"] = time.perf_counter() - t1
+                        if name == "dense":
+                            dense_cache[(L, d["name"])] = res[name]
                         if saved is not None:
                             for i in sparse:
                                 layers[i].self_attn.indexer.load_state_dict(saved[i])
@@ -177,7 +218,7 @@ def main(argv=None) -> int:
                     P.setdefault((kind, L), []).append({"name": d["name"], **res})
                 print(f"{kind} L={L} {d['name'][:50]!r}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
-    out = {"config": cfg.to_dict(), "weights": str(weights), "lengths": lengths, "queries": Q,
+    out = {"config": cfg.to_dict(), "lengths": lengths, "queries": Q,
            "device": args.device, "dtype": str(dtype).split(".")[-1], "results": [], "per_layer": [], "ppl": []}
     budget = cfg.budget
     for L in lengths:
@@ -209,12 +250,9 @@ def main(argv=None) -> int:
     for (kind, L), items in P.items():
         for it in items:
             out["ppl"].append({"kind": kind, "L": L, "name": it["name"],
-                               **{k: float(np.exp(v.mean())) for k, v in it.items() if k != "name"}})
-    out["seconds"] = round(time.perf_counter() - t_start, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(markdown(out))
-    return 0
+                               **{k: (float(v) if k.endswith("_seconds") else float(np.exp(v.mean())))
+                                  for k, v in it.items() if k != "name"}})
+    return out
 
 
 def _f(s: dict, key: str = "mean") -> str:
@@ -248,6 +286,10 @@ def markdown(out: dict) -> str:
                 lines.append(f"| {r['kind']} | {r['L']} | {r['ppl_sparse_random']:.3f} "
                              f"| {100 * (r['ppl_sparse_random'] / r['ppl_dense'] - 1):+.2f}% |")
     Ls = out["lengths"]
+    secs = [(L, [it[k] for it in out["ppl"] if it["L"] == L for k in ("sparse_seconds",) if k in it]) for L in Ls]
+    if any(v for _, v in secs):
+        lines += ["", "DSA sparse forward (perplexity pass, whole prompt), median seconds per document: "
+                  + ", ".join(f"L={L}: {np.median(v):.2f} s" for L, v in secs if v)]
     lines += ["", "Per layer (all kinds, spread queries): trained mean / p5, oracle mean", "",
               "| layer | " + " | ".join(f"{L} trained | {L} p5 | {L} oracle" for L in Ls) + " |",
               "|---|" + "---|---|---|" * len(Ls)]

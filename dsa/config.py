@@ -16,7 +16,7 @@ class DSAConfig:
     rope_theta: float = 10000.0
     # stage 1 (excerpts): score 64-token blocks with block-pooled indexer keys, keep the top n_blocks
     block_size: int = 64
-    n_blocks: int = 32
+    n_blocks: int = 64
     # stage 2 (tokens): inside kept blocks keep the top_k tokens by indexer score
     top_k: int = 1024
     # always kept: the attention sink (first tokens) and a local window of recent tokens
