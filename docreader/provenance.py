@@ -1,10 +1,10 @@
 """From indexer selections to scored character spans of the source.
 
 Every sparse layer reports, for each question and generated token, which keys its indexer selected by
-score (forced sink/local-window keys are not reported). Each query's selection is weighted by the softmax
-of its indexer scores, summed over queries and layers, and divided by their count: a token's weight is
-the average share of selection it received. The hottest document tokens are merged into spans (never
-across a page or message boundary) and ranked by total weight.
+score (top-k picks and the local window; never the attention sink). Each query's selection is weighted by
+the softmax of its indexer scores, summed over queries and layers, and divided by their count: a token's
+weight is the average share of selection it received. Excerpts of ~32 tokens are ranked by the weight
+they received (never across a page or message boundary).
 
 These are *selected/attended spans*: what the model's sparse attention read, not proof of what the
 answer relied on (bench/ measures how faithful they are).
@@ -54,38 +54,59 @@ class Span:
 
 
 def spans_from_weights(weights: torch.Tensor, rows: int, prompt: Prompt, document: Document,
-                       sink_tokens: int, max_spans: int = 20, hot_tokens: int = 96, gap: int = 4) -> list[Span]:
-    """Merge the hottest document tokens into ranked spans (sink and non-document tokens excluded)."""
+                       sink_tokens: int, max_spans: int = 20, window: int = 32,
+                       cap_quantile: float = 0.99) -> list[Span]:
+    """Rank excerpts of about `window` tokens by the selection weight they received.
+
+    Single tokens (often a frequent word such as "the") can draw a large share of selection whatever
+    the question is, so each token's weight is capped at the `cap_quantile` of the document's weights
+    before summing over a window; excerpts are then picked greedily, best first, without overlap, and
+    cut at page/message boundaries (the heavier side is kept)."""
     if rows == 0:
         return []
     w = weights[prompt.doc_start : prompt.doc_end].clone() / rows  # per document token
-    first_doc = max(0, sink_tokens - prompt.doc_start)
-    w[:first_doc] = 0.0  # the attention sink absorbs selection regardless of content
-    n = int((w > 0).sum())
-    if n == 0:
+    w[: max(0, sink_tokens - prompt.doc_start)] = 0.0  # the sink absorbs selection regardless of content
+    pos = w[w > 0]
+    if pos.numel() == 0:
         return []
-    top = torch.topk(w, min(hot_tokens, n)).indices.sort().values.tolist()
+    cap = torch.quantile(pos.float(), cap_quantile).item() if cap_quantile < 1 and pos.numel() > 1 else float(pos.max())
+    wc = w.clamp(max=cap)
+    n, W = wc.shape[0], min(window, wc.shape[0])
+    cs = torch.cat([wc.new_zeros(1), wc.cumsum(0)])
+    win = cs[W:] - cs[:-W]  # [n - W + 1] weight of the window starting at each token
     offsets = prompt.doc_offsets
-    groups: list[list[int]] = []
-    for t in top:
-        if groups and t - groups[-1][-1] <= gap and not _crosses(document, offsets[groups[-1][-1]][1],
-                                                                     offsets[t][0]):
-            groups[-1].append(t)
-        else:
-            groups.append([t])
-    spans = []
-    for g in groups:
-        start, end = offsets[g[0]][0], offsets[g[-1]][1]
+    spans: list[Span] = []
+    while len(spans) < max_spans:
+        i = int(win.argmax())
+        if win[i] <= 0:
+            break
+        a, b = _heaviest_piece(document, offsets, wc, i, i + W)
+        win[max(0, a - W + 1) : b] = -1.0  # no later excerpt overlaps this one
+        while a < b and wc[a] == 0:
+            a += 1
+        while b > a and wc[b - 1] == 0:
+            b -= 1
+        start, end = offsets[a][0], offsets[b - 1][1] if b > a else offsets[a][0]
         while start < end and document.text[start].isspace():
             start += 1
+        while end > start and document.text[end - 1].isspace():
+            end -= 1
         if end <= start:
             continue
-        score = float(w[g[0] : g[-1] + 1].sum())
-        spans.append(Span(start, end, score, 0, document.locate(start, end), document.text[start:end]))
-    spans.sort(key=lambda s: -s.score)
-    for i, s in enumerate(spans[:max_spans]):
-        s.rank = i + 1
-    return spans[:max_spans]
+        spans.append(Span(start, end, float(wc[a:b].sum()), len(spans) + 1, document.locate(start, end),
+                          document.text[start:end]))
+    return spans
+
+
+def _heaviest_piece(document: Document, offsets, w: torch.Tensor, a: int, b: int) -> tuple[int, int]:
+    """Tokens [a, b) cut where consecutive tokens lie in different pages/messages; the heaviest piece."""
+    pieces, start = [], a
+    for t in range(a + 1, b):
+        if _crosses(document, offsets[t - 1][1], offsets[t][0]):
+            pieces.append((start, t))
+            start = t
+    pieces.append((start, b))
+    return max(pieces, key=lambda p: float(w[p[0] : p[1]].sum()))
 
 
 def _crosses(document: Document, a: int, b: int) -> bool:

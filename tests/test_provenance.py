@@ -40,10 +40,11 @@ def tok(i: int, j: int | None = None) -> tuple[int, int]:
     return 4 * i, 4 * (i if j is None else j) + 3
 
 
-def test_ranked_by_total_weight():
+def test_ranked_by_window_weight():
     doc, p = words_doc()
-    spans = spans_from_weights(weights({10: 1.0, 11: 1.0, 20: 3.0, 30: 0.5}), 2, p, doc, sink_tokens=0)
-    assert ranges(spans) == [tok(20), tok(10, 11), tok(30)]
+    spans = spans_from_weights(weights({10: 1.0, 11: 1.0, 20: 3.0, 30: 0.5}), 2, p, doc, sink_tokens=0, window=3,
+                               cap_quantile=1.0)
+    assert ranges(spans) == [tok(20), tok(10, 11), tok(30)]  # zero-weight ends are trimmed
     assert [s.rank for s in spans] == [1, 2, 3]
     assert [s.score for s in spans] == pytest.approx([1.5, 1.0, 0.25])  # divided by the number of rows
     for s in spans:
@@ -52,23 +53,35 @@ def test_ranked_by_total_weight():
     assert spans[1].text == "t10 t11" and spans[1].location["label"] == "line 1"
 
 
-@pytest.mark.parametrize("gap,expect", [(4, [tok(10, 14)]), (5, [tok(10), tok(15)])])
-def test_merge_gap(gap, expect):
+@pytest.mark.parametrize("window,expect", [(5, [tok(10, 14)]), (4, [tok(10), tok(14)])])
+def test_window_joins_nearby_tokens(window, expect):
     doc, p = words_doc()
-    spans = spans_from_weights(weights({10: 1.0, 10 + gap: 1.0}), 1, p, doc, sink_tokens=0)
+    spans = spans_from_weights(weights({10: 1.0, 14: 1.0}), 1, p, doc, sink_tokens=0, window=window,
+                               cap_quantile=1.0)
     assert sorted(ranges(spans)) == expect
-    merged = spans_from_weights(weights({10: 1.0, 10 + gap: 1.0}), 1, p, doc, sink_tokens=0, gap=gap)
-    assert ranges(merged) == [tok(10, 10 + gap)] and merged[0].score == pytest.approx(2.0)
+    assert sum(s.score for s in spans) == pytest.approx(2.0)
+
+
+def test_spikes_are_capped():
+    """One very heavy token must not outrank an excerpt where selection is spread over many tokens."""
+    doc, p = words_doc()
+    hot = {5: 10.0, **{t: 1.0 for t in range(20, 30)}}
+    hot.update({t: 0.01 for t in range(0, 40, 3) if t not in hot})
+    capped = spans_from_weights(weights(hot), 1, p, doc, 0, window=10, cap_quantile=0.9)
+    assert capped[0].char_start == tok(20)[0]
+    uncapped = spans_from_weights(weights(hot), 1, p, doc, 0, window=10, cap_quantile=1.0)
+    assert uncapped[0].char_start <= tok(5)[0] < uncapped[0].char_end
 
 
 @pytest.mark.parametrize("kind,labels", [("page", ["p. 1", "p. 2"]), ("message", ["message 1 — a", "message 2 — b"])])
-def test_never_merges_across_a_boundary(kind, labels):
+def test_never_crosses_a_boundary(kind, labels):
     cut = tok(12)[0]  # token 12 starts the second page/message
     meta = [{"page_label": "1"}, {"page_label": "2"}] if kind == "page" else [{"speaker": "a"}, {"speaker": "b"}]
     regions = [Region(0, cut, kind, 0, labels[0], meta[0]), Region(cut, len(words_doc()[0].text), kind, 1,
                                                                     labels[1], meta[1])]
     doc, p = words_doc(regions)
-    spans = spans_from_weights(weights({10: 1.0, 11: 1.0, 12: 1.0, 13: 1.0}), 1, p, doc, sink_tokens=0)
+    hot = weights({10: 1.0, 11: 1.0, 12: 1.0, 13: 1.0})
+    spans = spans_from_weights(hot, 1, p, doc, sink_tokens=0, window=4, cap_quantile=1.0)
     assert sorted(ranges(spans)) == [tok(10, 11), tok(12, 13)]
     for s in spans:
         assert len([r for r in doc.regions_at(s.char_start, s.char_end) if r.kind == kind]) == 1
@@ -77,7 +90,7 @@ def test_never_merges_across_a_boundary(kind, labels):
     assert sorted(s.location["label"].split(",")[0] for s in spans) == labels
     # the same weights without the boundary make one span
     doc2, p2 = words_doc()
-    assert ranges(spans_from_weights(weights({10: 1.0, 11: 1.0, 12: 1.0, 13: 1.0}), 1, p2, doc2, 0)) == [tok(10, 13)]
+    assert ranges(spans_from_weights(hot, 1, p2, doc2, 0, window=4, cap_quantile=1.0)) == [tok(10, 13)]
 
 
 def test_sink_and_non_document_tokens_excluded():
@@ -86,9 +99,9 @@ def test_sink_and_non_document_tokens_excluded():
     w = weights({0: 50.0, 1: 50.0, 2: 50.0, 3: 0.1, 25: 0.2})
     w[0:PRE] = 100.0  # template tokens
     w[PRE + N : PRE + N + POST] = 100.0  # the question itself
-    spans = spans_from_weights(w, 1, p, doc, sink_tokens=sink)
+    spans = spans_from_weights(w, 1, p, doc, sink_tokens=sink, window=1)
     assert ranges(spans) == [tok(25), tok(3)]
-    assert spans_from_weights(w, 1, p, doc, sink_tokens=0)[0].char_start == 0  # without the sink, token 0 wins
+    assert spans_from_weights(w, 1, p, doc, sink_tokens=0, window=1)[0].char_start == 0  # no sink: token 0 wins
 
 
 def test_no_selection_no_spans():
@@ -98,25 +111,23 @@ def test_no_selection_no_spans():
     assert spans_from_weights(weights({1: 1.0}), 1, p, doc, sink_tokens=PRE + N) == []  # all sink
 
 
-def test_max_spans_and_hot_tokens():
+def test_max_spans():
     doc, p = words_doc()
     hot = {i: float(i) for i in range(0, N, 6)}  # 7 separate tokens, heavier further on
-    spans = spans_from_weights(weights(hot), 1, p, doc, 0, max_spans=3)
+    spans = spans_from_weights(weights(hot), 1, p, doc, 0, max_spans=3, window=2, cap_quantile=1.0)
     assert ranges(spans) == [tok(36), tok(30), tok(24)] and [s.rank for s in spans] == [1, 2, 3]
-    spans = spans_from_weights(weights(hot), 1, p, doc, 0, hot_tokens=2)
-    assert ranges(spans) == [tok(36), tok(30)]
 
 
-def test_leading_whitespace_trimmed():
+def test_whitespace_trimmed():
     text = "alpha\n\n   beta gamma"
     doc = Document("/d/x.txt", "txt", text)
     p = Prompt([0] * 10, 2, [(0, 5), (5, 9), (9, 14), (14, 20)])  # "alpha", "\n\n  ", " beta", " gamma"
     w = torch.zeros(10, dtype=torch.float64)
     w[2 + 1], w[2 + 2] = 2.0, 1.0
-    spans = spans_from_weights(w, 1, p, doc, 0)
+    spans = spans_from_weights(w, 1, p, doc, 0, window=2, cap_quantile=1.0)
     assert [s.text for s in spans] == ["beta"] and spans[0].location["line"] == 3
     w[2 + 2] = 0.0  # only the whitespace token is hot: no empty span
-    assert spans_from_weights(w, 1, p, doc, 0) == []
+    assert spans_from_weights(w, 1, p, doc, 0, window=2) == []
 
 
 def sel(idx, score, qpos=None) -> Selection:
@@ -180,7 +191,8 @@ def test_prop_spans_stay_inside_one_region(tokenizer, doc, data):
     w = torch.zeros(len(p.input_ids), dtype=torch.float64)
     for t in hot:
         w[3 + t] += data.draw(st.floats(0.01, 1.0))
-    spans = spans_from_weights(w, 1, p, doc, sink_tokens=0, gap=data.draw(st.integers(0, 6)))
+    spans = spans_from_weights(w, 1, p, doc, sink_tokens=0, window=data.draw(st.integers(1, 12)),
+                               cap_quantile=data.draw(st.sampled_from([0.9, 0.99, 1.0])))
     assert [s.rank for s in spans] == list(range(1, len(spans) + 1))
     assert [s.score for s in spans] == sorted((s.score for s in spans), reverse=True)
     for s in spans:
