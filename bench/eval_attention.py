@@ -78,7 +78,7 @@ def answer_logprob(lm, document, question: str, answer_ids: list[int], mode: str
     previous = cfg.mode
     dsa.set_mode(model, mode)
     try:
-        out = model(torch.tensor([ids]), past_key_values=dsa.new_cache(model), use_cache=True,
+        out = model(torch.tensor([ids]), **dsa.cache_arg(dsa.new_cache(model)), use_cache=True,
                     logits_to_keep=len(answer_ids) + 1)
     finally:
         dsa.set_mode(model, previous)

@@ -43,14 +43,14 @@ def run_one(model, L: int, n_decode: int, device: str, sparse: bool) -> dict:
     with ctx as ph:
         _sync(device)
         t0 = time.perf_counter()
-        model(x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(x, **dsa.cache_arg(cache), use_cache=True, logits_to_keep=1)
         _sync(device)
         prefill = time.perf_counter() - t0
         pre = dict(ph or {})
         tok = torch.tensor([[1234]], device=device)
         t1 = time.perf_counter()
         for _ in range(n_decode):
-            model(tok, past_key_values=cache, use_cache=True)
+            model(tok, **dsa.cache_arg(cache), use_cache=True)
         _sync(device)
         decode = (time.perf_counter() - t1) / n_decode
         if ph is not None:

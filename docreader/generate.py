@@ -45,16 +45,29 @@ def stop_ids(model, tokenizer) -> set[int]:
 
 
 REPETITION_PENALTY = 1.2
+_EXEMPT: dict[tuple, frozenset[int]] = {}
 
 
-def pick(logits: torch.Tensor, new: list[int], penalty: float) -> int:
-    """Greedy choice with a repetition penalty on tokens of the answer so far (not the prompt, so quoting
-    the document is never penalised): small models otherwise loop on one sentence."""
-    if penalty != 1.0 and new:
+def exempt_ids(tokenizer) -> frozenset[int]:
+    """Tokens the repetition penalty leaves alone: digits, punctuation and whitespace. Numbers, dates and
+    passkeys repeat their characters ("7372", "1.1.2"), and penalising them made the model miscopy them."""
+    key = (tokenizer.name_or_path, len(tokenizer))
+    if key not in _EXEMPT:
+        vocab = tokenizer.get_vocab()
+        _EXEMPT[key] = frozenset(i for t, i in vocab.items()
+                                 if not any(c.isalpha() for c in t.replace("\u0120", "").replace("\u010a", "")))
+    return _EXEMPT[key]
+
+
+def pick(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset[int] = frozenset()) -> int:
+    """Greedy choice with a repetition penalty on word tokens of the answer so far (not the prompt, so
+    quoting the document is never penalised): small models otherwise loop on one sentence."""
+    seen = sorted(set(new) - exempt)
+    if penalty != 1.0 and seen:
         logits = logits.clone()
-        seen = torch.tensor(sorted(set(new)))
-        v = logits[seen]
-        logits[seen] = torch.where(v > 0, v / penalty, v * penalty)
+        idx = torch.tensor(seen)
+        v = logits[idx]
+        logits[idx] = torch.where(v > 0, v / penalty, v * penalty)
     return int(logits.argmax())
 
 
@@ -67,6 +80,7 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
     `cache` may already hold a prefix of `input_ids` (e.g. the document, kept from an earlier question);
     only the rest is prefilled."""
     stops = stop_ids(model, tokenizer)
+    exempt = exempt_ids(tokenizer) if repetition_penalty != 1.0 else frozenset()
     if cache is None:
         cache = dsa.new_cache(model) if dsa.is_attached(model) else None
     done = cache.get_seq_length() if cache is not None else 0
@@ -74,8 +88,8 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
         raise ValueError(f"the cache holds {done} tokens, the prompt only {len(input_ids)}")
     ids = torch.tensor([input_ids[done:]])
     t0 = time.perf_counter()
-    out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    out = model(ids, **dsa.cache_arg(cache), use_cache=True, logits_to_keep=1)
+    cache = dsa.output_cache(out)
     nxt = int(out.logits[0, -1].argmax())
     prefill_s = time.perf_counter() - t0
     new: list[int] = []
@@ -93,8 +107,8 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
             shown = text
         if len(new) == max_new_tokens:
             break
-        out = model(torch.tensor([[nxt]]), past_key_values=cache, use_cache=True)
-        nxt = pick(out.logits[0, -1], new, repetition_penalty)
+        out = model(torch.tensor([[nxt]]), **dsa.cache_arg(cache), use_cache=True)
+        nxt = pick(out.logits[0, -1], new, repetition_penalty, exempt)
     decode_s = time.perf_counter() - t1
     text = tokenizer.decode(new, skip_special_tokens=True)
     if on_text and len(text) > len(shown):

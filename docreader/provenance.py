@@ -75,10 +75,12 @@ def spans_from_weights(weights: torch.Tensor, rows: int, prompt: Prompt, documen
     cs = torch.cat([wc.new_zeros(1), wc.cumsum(0)])
     win = cs[W:] - cs[:-W]  # [n - W + 1] weight of the window starting at each token
     offsets = prompt.doc_offsets
-    spans: list[Span] = []
-    while len(spans) < max_spans:
+    found: list[tuple[float, int, int]] = []  # (score, char_start, char_end)
+    while True:
         i = int(win.argmax())
-        if win[i] <= 0:
+        best = float(win[i])
+        # a window's weight bounds the score of any excerpt cut from it: stop once none can enter the top
+        if best <= 0 or (len(found) >= max_spans and best <= sorted(found, reverse=True)[max_spans - 1][0]):
             break
         a, b = _heaviest_piece(document, offsets, wc, i, i + W)
         win[max(0, a - W + 1) : b] = -1.0  # no later excerpt overlaps this one
@@ -91,11 +93,11 @@ def spans_from_weights(weights: torch.Tensor, rows: int, prompt: Prompt, documen
             start += 1
         while end > start and document.text[end - 1].isspace():
             end -= 1
-        if end <= start:
-            continue
-        spans.append(Span(start, end, float(wc[a:b].sum()), len(spans) + 1, document.locate(start, end),
-                          document.text[start:end]))
-    return spans
+        if end > start:
+            found.append((float(wc[a:b].sum()), start, end))
+    found.sort(key=lambda f: (-f[0], f[1]))
+    return [Span(start, end, score, rank, document.locate(start, end), document.text[start:end])
+            for rank, (score, start, end) in enumerate(found[:max_spans], 1)]
 
 
 def _heaviest_piece(document: Document, offsets, w: torch.Tensor, a: int, b: int) -> tuple[int, int]:

@@ -4,17 +4,17 @@
     dsa.attach(model, dsa.DSAConfig(top_k=1024))      # model now attends sparsely
     cache = dsa.new_cache(model)                     # KV + indexer-key cache for prefill/decode
     with dsa.recording(model, dsa.SelectionRecorder()) as rec:
-        model(input_ids, past_key_values=cache)      # rec.selections: what each layer selected
+        model(input_ids, **dsa.cache_arg(cache))     # rec.selections: what each layer selected
     dsa.detach(model)                                # back to the original attention
 """
 
-from .cache import DSACache
+from .cache import DSACache, cache_arg, output_cache
 from .config import DSAConfig
 from .indexer import LightningIndexer, index_scores
 from .patch import attach, detach, is_attached, new_cache, profiling, recording, set_mode
 from .record import Selection, SelectionRecorder
 from .weights import find_shipped, fingerprint, load_indexer, save_indexer
 
-__all__ = ["DSACache", "DSAConfig", "LightningIndexer", "index_scores", "attach", "detach", "is_attached",
+__all__ = ["DSACache", "cache_arg", "output_cache", "DSAConfig", "LightningIndexer", "index_scores", "attach", "detach", "is_attached",
            "new_cache", "profiling", "recording", "set_mode", "Selection", "SelectionRecorder",
            "find_shipped", "fingerprint", "load_indexer", "save_indexer"]

@@ -96,7 +96,7 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
         elif Lq == Lk:
             keys, means = ki, _block_means(ki, cfg.block_size)
         else:
-            raise RuntimeError("incremental decoding with DSA needs a dsa.DSACache as past_key_values")
+            raise RuntimeError("incremental decoding with DSA needs a dsa.DSACache as the model's cache")
 
     n_blocks_total = -(-Lk // cfg.block_size)
     keeps_all = Lk <= cfg.top_k and n_blocks_total <= cfg.n_blocks  # every causal key would be selected

@@ -7,8 +7,24 @@ doubling capacity and hands out views, so appending a token is O(1) amortised.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from transformers import LlamaForCausalLM
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+# transformers 5.2x renamed the model's `past_key_values` argument and output field to `cache`
+CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def cache_arg(cache: Cache | None) -> dict:
+    """`model(ids, **cache_arg(cache))` passes a cache under the name this transformers version takes."""
+    return {CACHE_ARG: cache}
+
+
+def output_cache(out) -> Cache | None:
+    """The cache a forward returned, under either name."""
+    return getattr(out, "cache", None) if CACHE_ARG == "cache" else out.past_key_values
 
 
 class GrowBuffer:
@@ -105,7 +121,7 @@ class IndexerKeys:
 
 
 class DSACache(DynamicCache):
-    """KV cache in growing buffers + per-layer indexer keys. Pass as `past_key_values` to a DSA model."""
+    """KV cache in growing buffers + per-layer indexer keys. Pass it with `cache_arg(cache)` to a DSA model."""
 
     def __init__(self, num_layers: int, block_size: int = 64) -> None:
         Cache.__init__(self, layers=[GrowLayer() for _ in range(num_layers)])

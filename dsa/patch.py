@@ -33,7 +33,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def _capture_inputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
     x = args[0] if args else kwargs["hidden_states"]
-    module.dsa_state.inputs[module.dsa_layer] = (x, kwargs.get("past_key_values"))
+    module.dsa_state.inputs[module.dsa_layer] = (x, kwargs.get("cache", kwargs.get("past_key_values")))
 
 
 def attach(model: nn.Module, config: DSAConfig | None = None) -> nn.Module:

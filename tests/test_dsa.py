@@ -155,7 +155,7 @@ def test_prefill_then_decode_matches_full_forward(split):
         if split == 1:  # pure token-by-token decode for the tail
             pieces = [(0, 700)] + [(i, i + 1) for i in range(700, 760)]
         for a, b in pieces:
-            outs.append(model(x[:, a:b], past_key_values=cache, use_cache=True).logits)
+            outs.append(model(x[:, a:b], **dsa.cache_arg(cache), use_cache=True).logits)
     inc = torch.cat(outs, 1)
     assert torch.allclose(inc, ref, atol=3e-5), (inc - ref).abs().max()
 
@@ -172,9 +172,9 @@ def test_cache_crop_then_continue_matches():
     ref = logits(model, x)
     cache = dsa.new_cache(model)
     with torch.no_grad():
-        model(x[:, :450], past_key_values=cache, use_cache=True)
+        model(x[:, :450], **dsa.cache_arg(cache), use_cache=True)
         cache.crop(333)  # e.g. a shared document prefix kept between questions
-        out = model(x[:, 333:], past_key_values=cache, use_cache=True).logits
+        out = model(x[:, 333:], **dsa.cache_arg(cache), use_cache=True).logits
     assert torch.allclose(out, ref[:, 333:], atol=3e-5)
 
 

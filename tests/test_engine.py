@@ -9,7 +9,7 @@ from conftest import db_counts
 from docreader import models, store
 from docreader.engine import Reader
 from docreader.errors import DocreaderError
-from docreader.generate import generate, stop_ids
+from docreader.generate import exempt_ids, generate, pick, stop_ids
 from docreader.loaders import load
 
 # Sparse knobs small enough that the ~525-token document is really selected from (not all of it attended)
@@ -57,6 +57,23 @@ def test_generate_stops_at_endoftext(tiny, tokenizer):
     model.lm_head.weight.data.zero_()  # every logit 0: argmax is token 0, <|endoftext|>
     gen = generate(model, tokenizer, [5, 6, 7], max_new_tokens=6, on_text=lambda t: pytest.fail("streamed " + t))
     assert (gen.stop_reason, gen.token_ids, gen.text) == ("eos", [], "")
+
+
+def test_repetition_penalty_spares_digits_and_punctuation(tokenizer):
+    import torch
+    vocab = tokenizer.get_vocab()
+    ex = exempt_ids(tokenizer)
+    assert {vocab[d] for d in "0123456789"} | {vocab["."], vocab["\u0120"]} <= ex  # "Ġ" is a space
+    assert vocab["the"] not in ex and vocab["\u0120the"] not in ex and vocab["\u0120State"] not in ex
+    seven, the = vocab["7"], vocab["\u0120the"]
+    logits = torch.zeros(len(tokenizer))
+    logits[seven], logits[the] = 2.0, 2.0
+    logits[vocab["x"]] = 1.9
+    # "7" was already said: a penalty would let "x" win; the exemption keeps copying "7" possible
+    assert pick(logits, [seven], 1.2, ex) == seven
+    assert pick(logits, [seven], 1.2) == the
+    assert pick(logits, [seven, the], 1.2, ex) == seven
+    assert pick(logits, [seven, the], 1.2) == vocab["x"]
 
 
 # -- the real default model --------------------------------------------------------------------------------------

@@ -93,6 +93,20 @@ def test_never_crosses_a_boundary(kind, labels):
     assert ranges(spans_from_weights(hot, 1, p2, doc2, 0, window=4, cap_quantile=1.0)) == [tok(10, 13)]
 
 
+def test_scores_sorted_when_a_boundary_cuts_the_best_window():
+    """A window cut at a page boundary keeps only its heavier piece; a lighter window found later can
+    outscore that piece, and must then rank above it (ranks follow the reported scores)."""
+    cut = tok(12)[0]
+    regions = [Region(0, cut, "page", 0, "p. 1", {"page_label": "1"}),
+               Region(cut, len(words_doc()[0].text), "page", 1, "p. 2", {"page_label": "2"})]
+    doc, p = words_doc(regions)
+    hot = {10: 1.0, 11: 1.0, 12: 1.0, 13: 0.9, 30: 1.5, 31: 1.5}  # window [10, 14) = 3.9 -> piece 1.9
+    spans = spans_from_weights(weights(hot), 1, p, doc, sink_tokens=0, window=4, cap_quantile=1.0)
+    assert ranges(spans) == [tok(30, 31), tok(10, 11), tok(12, 13)]
+    assert [s.score for s in spans] == pytest.approx([3.0, 2.0, 1.9])
+    assert [s.rank for s in spans] == [1, 2, 3]
+
+
 def test_sink_and_non_document_tokens_excluded():
     doc, p = words_doc()
     sink = PRE + 3  # the sink reaches 3 tokens into the document
