@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=16, help="decoded tokens per measurement")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    ap.add_argument("--only", choices=["dense", "dsa"], default=None,
+                    help="measure one side only (to run dense and DSA side by side on disjoint cores, e.g. with taskset)")
     ap.add_argument("--json", default="bench/results/speed.json")
     args = ap.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -127,11 +129,12 @@ def main() -> None:
     rows = []
     for L in lengths:
         factor = set_context(model, L + args.decode + 1)
-        r_dsa = run_one(model, L, args.decode, args.device, sparse=True)
+        skip = {"prefill_s": float("nan"), "decode_ms": float("nan"), "phases": {}}
+        r_dsa = skip if args.only == "dense" else run_one(model, L, args.decode, args.device, sparse=True)
         keys_read = r_dsa["phases"].get("decode", {}).get("keys_read", 0) / max(args.decode, 1)
         dense_cfg = model.dsa_state.config
         dsa.detach(model)
-        r_dense = run_one(model, L, args.decode, args.device, sparse=False)
+        r_dense = skip if args.only == "dsa" else run_one(model, L, args.decode, args.device, sparse=False)
         dsa.attach(model, dense_cfg)
         if lm.indexer_weights:
             dsa.load_indexer(model, lm.indexer_weights)

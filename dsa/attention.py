@@ -128,8 +128,10 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
             with _phase(state, "attention"):
                 read = sel.mask.any(0)  # only keys some query of the chunk selected (decode: exactly its own)
                 tokens, mask = sel.tokens[read], sel.mask[:, read]  # [T], [C, T]
-                kg = key[b].index_select(1, tokens)  # [Hkv, T, D]
-                vg = value[b].index_select(1, tokens)
+                if isinstance(cache, DSACache):
+                    kg, vg = cache.layers[layer].gather(b, tokens)  # [Hkv, T, D]
+                else:
+                    kg, vg = key[b][:, tokens], value[b][:, tokens]
                 full = c1 - c0 == 1  # a single query reads exactly its own selection: no mask needed
                 o = F.scaled_dot_product_attention(query[b : b + 1, :, c0:c1], kg[None], vg[None],
                                                    attn_mask=None if full else mask[None, None], scale=scaling,

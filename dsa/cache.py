@@ -68,6 +68,11 @@ class GrowLayer(DynamicLayer):
         self.values = self._v.append(value_states)
         return self.keys, self.values
 
+    def gather(self, b: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [Hkv, T, D] at positions `tokens` of batch row b, read from the contiguous
+        buffers: index_select on the strided `keys` view would first copy the whole view."""
+        return self._k.buf[b].index_select(1, tokens), self._v.buf[b].index_select(1, tokens)
+
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove == 0 or not self.is_initialized:
             return
