@@ -33,8 +33,13 @@ def _sync(device: str) -> None:
 
 
 @torch.inference_mode()
-def run_one(model, L: int, n_decode: int, device: str, sparse: bool) -> dict:
-    """Prefill L random tokens, then greedy-free decode n_decode tokens (fixed ids); seconds + phases."""
+def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only: bool = False,
+            prefill_threads: int | None = None) -> dict:
+    """Prefill L random tokens, then greedy-free decode n_decode tokens (fixed ids); seconds + phases.
+
+    decode_only: DSA fills its caches with a dense-attention prefill (the indexer keys are computed as
+    usual), so long-context decode can be timed when the sparse prefill is too slow to wait for; decode
+    is then sparse. prefill_threads: prefill with this many threads, decode with the process's own."""
     g = torch.Generator().manual_seed(L)
     x = torch.randint(100, model.config.vocab_size - 100, (1, L), generator=g).to(device)
     cache = dsa.DSACache(model.config.num_hidden_layers)
@@ -42,10 +47,17 @@ def run_one(model, L: int, n_decode: int, device: str, sparse: bool) -> dict:
     ctx = dsa.profiling(model) if sparse else _null()
     with ctx as ph:
         _sync(device)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(prefill_threads or threads)
+        if sparse and decode_only:
+            dsa.set_mode(model, "dense")
         t0 = time.perf_counter()
         model(x, **dsa.cache_arg(cache), use_cache=True, logits_to_keep=1)
         _sync(device)
         prefill = time.perf_counter() - t0
+        if sparse and decode_only:
+            dsa.set_mode(model, "sparse")
+        torch.set_num_threads(threads)
         pre = dict(ph or {})
         tok = torch.tensor([[1234]], device=device)
         t1 = time.perf_counter()
@@ -109,6 +121,10 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     ap.add_argument("--only", choices=["dense", "dsa"], default=None,
                     help="measure one side only (to run dense and DSA side by side on disjoint cores, e.g. with taskset)")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="time decode only: DSA's caches are filled by a dense-attention prefill (prefill columns "
+                         "then compare dense with dense)")
+    ap.add_argument("--prefill-threads", type=int, default=None, help="threads for prefill (decode keeps the default)")
     ap.add_argument("--json", default="bench/results/speed.json")
     args = ap.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -130,11 +146,14 @@ def main() -> None:
     for L in lengths:
         factor = set_context(model, L + args.decode + 1)
         skip = {"prefill_s": float("nan"), "decode_ms": float("nan"), "phases": {}}
-        r_dsa = skip if args.only == "dense" else run_one(model, L, args.decode, args.device, sparse=True)
+        r_dsa = skip if args.only == "dense" else run_one(model, L, args.decode, args.device, sparse=True,
+                                                           decode_only=args.decode_only,
+                                                           prefill_threads=args.prefill_threads)
         keys_read = r_dsa["phases"].get("decode", {}).get("keys_read", 0) / max(args.decode, 1)
         dense_cfg = model.dsa_state.config
         dsa.detach(model)
-        r_dense = skip if args.only == "dsa" else run_one(model, L, args.decode, args.device, sparse=False)
+        r_dense = skip if args.only == "dsa" else run_one(model, L, args.decode, args.device, sparse=False,
+                                                             prefill_threads=args.prefill_threads)
         dsa.attach(model, dense_cfg)
         if lm.indexer_weights:
             dsa.load_indexer(model, lm.indexer_weights)

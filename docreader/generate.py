@@ -59,16 +59,34 @@ def exempt_ids(tokenizer) -> frozenset[int]:
     return _EXEMPT[key]
 
 
-def pick(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset[int] = frozenset()) -> int:
-    """Greedy choice with a repetition penalty on word tokens of the answer so far (not the prompt, so
-    quoting the document is never penalised): small models otherwise loop on one sentence."""
+NO_REPEAT_NGRAM = 8
+
+
+def pick(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset[int] = frozenset(),
+         no_repeat: int = NO_REPEAT_NGRAM) -> int:
+    """Greedy choice with two loop guards on the answer so far (never on the prompt, so quoting the
+    document is not penalised; small models otherwise loop on one sentence): a repetition penalty on its
+    word tokens, and no `no_repeat`-token sequence twice (this one also stops "2017 2017 2017 …", which
+    the penalty leaves alone because numbers must be copyable)."""
     seen = sorted(set(new) - exempt)
-    if penalty != 1.0 and seen:
+    banned = repeats(new, no_repeat) if no_repeat else []
+    if (penalty != 1.0 and seen) or banned:
         logits = logits.clone()
+    if penalty != 1.0 and seen:
         idx = torch.tensor(seen)
         v = logits[idx]
         logits[idx] = torch.where(v > 0, v / penalty, v * penalty)
+    if banned:
+        logits[torch.tensor(banned)] = float("-inf")
     return int(logits.argmax())
+
+
+def repeats(new: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram the answer already contains."""
+    if len(new) < n:
+        return []
+    tail = new[len(new) - n + 1 :]
+    return sorted({new[i + n - 1] for i in range(len(new) - n + 1) if new[i : i + n - 1] == tail})
 
 
 @torch.inference_mode()

@@ -9,7 +9,7 @@ from conftest import db_counts
 from docreader import models, store
 from docreader.engine import Reader
 from docreader.errors import DocreaderError
-from docreader.generate import exempt_ids, generate, pick, stop_ids
+from docreader.generate import exempt_ids, generate, pick, repeats, stop_ids
 from docreader.loaders import load
 
 # Sparse knobs small enough that the ~525-token document is really selected from (not all of it attended)
@@ -74,6 +74,17 @@ def test_repetition_penalty_spares_digits_and_punctuation(tokenizer):
     assert pick(logits, [seven], 1.2) == the
     assert pick(logits, [seven, the], 1.2, ex) == seven
     assert pick(logits, [seven, the], 1.2) == vocab["x"]
+
+
+def test_no_repeated_ngram_even_of_digits():
+    import torch
+    assert repeats([1, 2, 3, 1, 2], 3) == [3] and repeats([1, 2, 3, 4], 3) == [] and repeats([5, 5, 5], 2) == [5]
+    logits = torch.zeros(10)
+    logits[7], logits[4] = 2.0, 1.0
+    loop = [7, 7, 7]  # an exempt token (a digit) looping: the penalty spares it, the n-gram guard stops it
+    assert pick(logits, loop, 1.2, frozenset({7}), no_repeat=4) == 7  # [7, 7, 7, 7] is not yet a repeat
+    assert pick(logits, loop + [7], 1.2, frozenset({7}), no_repeat=4) == 4
+    assert pick(logits, loop + [7], 1.2, frozenset({7}), no_repeat=0) == 7
 
 
 # -- the real default model --------------------------------------------------------------------------------------
