@@ -73,6 +73,8 @@ class Answer:
 class Reader:
     """A model with DSA attached plus the log: `ask` runs one question over one whole document."""
 
+    system: str | None = None  # replaces prompts/system.txt when set
+
     def __init__(self, model: str | None = None, overrides: dict | None = None, db_path: str | Path | None = None):
         self.spec = model
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -102,7 +104,7 @@ class Reader:
             doc_tokens = (lm.name, tokenize_document(lm.tokenizer, document.text))
             document._tokens = doc_tokens  # chat turns reuse the document's tokens
         return build(lm.tokenizer, document, question, history, window=lm.context_window,
-                     max_new_tokens=max_new_tokens, doc_tokens=doc_tokens[1])
+                     max_new_tokens=max_new_tokens, doc_tokens=doc_tokens[1], system=self.system)
 
     def ask(self, document: Document | str, question: str, history: list[tuple[str, str]] | None = None,
             session_id: str | None = None, max_new_tokens: int = 256, dense: bool = False,

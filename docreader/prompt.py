@@ -7,6 +7,7 @@ reads, so each document token's character offsets (from the tokenizer) are exact
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,19 +36,28 @@ class Prompt:
         return self.doc_start + len(self.doc_offsets)
 
 
-def messages_for(document: Document, question: str, history: list[tuple[str, str]]) -> list[dict]:
-    """system, then the document with the first kept question, then the later turns."""
+def _slot(key: str) -> str:
+    return f"\uE000DOCREADER_{key}\uE000"
+
+
+_SLOT = re.compile("\uE000DOCREADER_([A-Z0-9]+)\uE000")
+
+
+def messages_for(document: Document, question: str, history: list[tuple[str, str]],
+                 system: str | None = None) -> list[dict]:
+    """system, then the document with the first kept question, then the later turns. Every text that is
+    not ours (document, questions, earlier answers) is a slot, filled with its own tokens by `build`."""
     turns = [*history, (question, None)]
     name = Path(document.path).name
-    msgs = [{"role": "system", "content": template("system")}]
+    msgs = [{"role": "system", "content": template("system") if system is None else system}]
     for i, (q, a) in enumerate(turns):
         if i == 0:
-            content = template("ask").format(document_name=name, document=SENTINEL, question=q)
+            content = template("ask").format(document_name=name, document=SENTINEL, question=_slot(f"Q{i}"))
         else:
-            content = template("followup").format(question=q)
+            content = template("followup").format(question=_slot(f"Q{i}"))
         msgs.append({"role": "user", "content": content})
         if a is not None:
-            msgs.append({"role": "assistant", "content": a})
+            msgs.append({"role": "assistant", "content": _slot(f"A{i}")})
     return msgs
 
 
@@ -58,23 +68,42 @@ def tokenize_document(tokenizer, text: str) -> tuple[list[int], list[tuple[int, 
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
+def _render(tokenizer, msgs: list[dict], texts: dict[str, str], doc_ids: list[int]) -> tuple[list[int], int]:
+    """The chat template's ids with every slot filled: our template text may hold control tokens, user
+    text (questions, answers) never does. -> (input_ids, index of the first document token)."""
+    rendered = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    parts = _SLOT.split(rendered.replace(SENTINEL, _slot("DOC")))  # text, key, text, key, ..., text
+    ids: list[int] = []
+    doc_start = -1
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            ids += tokenizer(part, add_special_tokens=False)["input_ids"] if part else []
+        elif part == "DOC":
+            doc_start = len(ids)
+            ids += doc_ids
+        else:
+            ids += tokenizer(texts[part], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids, doc_start
+
+
 def build(tokenizer, document: Document, question: str, history: list[tuple[str, str]] | None = None,
-          window: int = 8192, max_new_tokens: int = 256, doc_tokens: tuple | None = None) -> Prompt:
-    """The prompt for `question`; drops the oldest turns (never the document) when it would not fit."""
+          window: int = 8192, max_new_tokens: int = 256, doc_tokens: tuple | None = None,
+          system: str | None = None) -> Prompt:
+    """The prompt for `question`; drops the oldest turns (never the document) when it would not fit.
+    `system` replaces prompts/system.txt."""
     if not question.strip():
         raise DocreaderError("the question is empty")
     history = list(history or [])
     ids, offsets = doc_tokens or tokenize_document(tokenizer, document.text)
     dropped = 0
     while True:
-        msgs = messages_for(document, question, history[dropped:])
-        rendered = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        pre, post = rendered.split(SENTINEL)
-        pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"]
-        post_ids = tokenizer(post, add_special_tokens=False)["input_ids"]
-        total = len(pre_ids) + len(ids) + len(post_ids)
+        kept = history[dropped:]
+        texts = {f"Q{i}": q for i, (q, _) in enumerate([*kept, (question, None)])}
+        texts.update({f"A{i}": a for i, (_, a) in enumerate(kept)})
+        input_ids, doc_start = _render(tokenizer, messages_for(document, question, kept, system), texts, ids)
+        total = len(input_ids)
         if total + max_new_tokens <= window:
-            return Prompt(pre_ids + ids + post_ids, len(pre_ids), offsets, dropped, len(history) - dropped)
+            return Prompt(input_ids, doc_start, offsets, dropped, len(history) - dropped)
         if dropped < len(history):
             dropped += 1
             continue

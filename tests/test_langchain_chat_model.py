@@ -20,7 +20,7 @@ from test_langchain_support import TINY_DSA, tiny_model_dir, write_contract  # n
 
 from docreader import store  # noqa: E402
 from docreader.langchain import ChatDocreader  # noqa: E402
-from docreader.langchain._readers import build_with_system, document_for  # noqa: E402
+from docreader.langchain._readers import document_for  # noqa: E402
 from docreader.langchain.messages import Emitter, to_docreader  # noqa: E402
 from docreader.prompt import build, template, tokenize_document  # noqa: E402
 
@@ -146,10 +146,10 @@ def test_system_and_history_map_onto_docreader_prompt(tiny, home, contract):
     lm = get_model(tiny, TINY_DSA)
     d = document_for(contract)
     toks = tokenize_document(lm.tokenizer, d.text)
-    ours = build_with_system(lm.tokenizer, d, "Q2", [("Q1", "A1")], template("system"), 8192, 6, toks)
+    ours = build(lm.tokenizer, d, "Q2", [("Q1", "A1")], 8192, 6, toks, system=template("system"))
     theirs = build(lm.tokenizer, d, "Q2", [("Q1", "A1")], 8192, 6, toks)
     assert (ours.input_ids, ours.doc_start) == (theirs.input_ids, theirs.doc_start)
-    custom = build_with_system(lm.tokenizer, d, "Q2", [("Q1", "A1")], "Be brief.", 8192, 6, toks)
+    custom = build(lm.tokenizer, d, "Q2", [("Q1", "A1")], 8192, 6, toks, system="Be brief.")
     rendered = lm.tokenizer.decode(custom.input_ids)
     assert "Be brief." in rendered and template("system") not in rendered and "A1" in rendered
     out = llm(tiny, log=False).invoke(msgs[:4], document=str(contract))  # what the chat model really ran

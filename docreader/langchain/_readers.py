@@ -16,7 +16,6 @@ from ..document import Document
 from ..engine import Reader
 from ..errors import DocreaderError
 from ..loaders import load as load_document
-from ..prompt import SENTINEL, Prompt, template, tokenize_document
 
 GENERATION_LOCK = threading.RLock()
 _READERS: dict[tuple, "LCReader"] = {}
@@ -26,45 +25,8 @@ _POOL_LOCK = threading.Lock()
 
 
 class LCReader(Reader):
-    """A Reader whose system prompt can be replaced by the caller's SystemMessage for one question."""
-
-    system: str | None = None
-
-    def prompt(self, document, question, history=None, max_new_tokens=256) -> Prompt:
-        if self.system is None:
-            return super().prompt(document, question, history, max_new_tokens)
-        lm = self.lm
-        doc_tokens = getattr(document, "_tokens", None)
-        if doc_tokens is None or doc_tokens[0] != lm.name:
-            doc_tokens = (lm.name, tokenize_document(lm.tokenizer, document.text))
-            document._tokens = doc_tokens
-        return build_with_system(lm.tokenizer, document, question, history or [], self.system,
-                                 lm.context_window, max_new_tokens, doc_tokens[1])
-
-
-def build_with_system(tokenizer, document: Document, question: str, history: list, system: str,
-                      window: int, max_new_tokens: int, doc_tokens: tuple) -> Prompt:
-    """docreader.prompt.build with `system` in place of prompts/system.txt (same templates otherwise)."""
-    ids, offsets = doc_tokens
-    name = Path(document.path).name
-    for dropped in range(len(history) + 1):
-        turns = [*history[dropped:], (question, None)]
-        msgs = [{"role": "system", "content": system}]
-        for i, (q, a) in enumerate(turns):
-            content = (template("ask").format(document_name=name, document=SENTINEL, question=q) if i == 0
-                       else template("followup").format(question=q))
-            msgs.append({"role": "user", "content": content})
-            if a is not None:
-                msgs.append({"role": "assistant", "content": a})
-        rendered = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        pre, post = rendered.split(SENTINEL)
-        pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"]
-        post_ids = tokenizer(post, add_special_tokens=False)["input_ids"]
-        if len(pre_ids) + len(ids) + len(post_ids) + max_new_tokens <= window:
-            return Prompt(pre_ids + ids + post_ids, len(pre_ids), offsets, dropped, len(history) - dropped)
-    raise DocreaderError(f"too long for the model: the document is {len(ids):,} tokens; with {max_new_tokens} "
-                         f"new tokens the prompt exceeds the {window:,}-token window (no silent truncation)",
-                         path=document.path)
+    """A Reader whose system prompt the caller's SystemMessage may replace for one question
+    (`Reader.system`)."""
 
 
 def reader_for(model: str | None, overrides: dict | None = None, db_path: str | None = None) -> LCReader:
