@@ -248,6 +248,56 @@ def test_ask_json_audit_log(model_home, irc_file):
     assert db_counts(model_home)["answers"] == 1
 
 
+FACTS = ["Orders ship within 3 business days from our warehouse in Leeds.",
+         "Returns are accepted for 30 days with a receipt; refunds take a week.",
+         "Every kettle carries a two-year warranty against defects in manufacture.",
+         "Support answers email on weekdays between nine and five, UK time.",
+         "Gift cards never expire and can be used in any of our shops.",
+         "Delivery is free on orders over fifty pounds within the mainland.",
+         "Large items are delivered by a two-person team on a booked day.",
+         "Prices include VAT at the standard rate unless stated otherwise.",
+         "Student discounts of ten percent apply with a valid card.",
+         "The shop in York opens at eight on Saturdays and closes at six."]
+
+
+def long_sample(tmp: Path, fmt: str) -> Path:
+    """A ~400-token document of each generated format, so that spans lie beyond the sink."""
+    if fmt == "docx":
+        blocks = [("h1", "Store policy")] + [b for i, f in enumerate(FACTS)
+                                             for b in (("h2", f"{i + 1}. Topic {i + 1}"), ("p", f"{f} " * 2))]
+        return corpus.make_docx(tmp / "policy.docx", blocks=blocks)
+    if fmt == "epub":
+        return corpus.make_epub(tmp / "policy.epub", [(f"Chapter {i + 1}", f"<h1>Chapter {i + 1}</h1><p>{f} {f}</p>")
+                                                      for i, f in enumerate(FACTS)])
+    if fmt == "html":
+        body = "".join(f"<h2>Topic {i + 1}</h2><p>{f} {f}</p>" for i, f in enumerate(FACTS))
+        (tmp / "policy.html").write_text(f"<html><body><h1>Store policy</h1>{body}</body></html>", encoding="utf-8")
+        return tmp / "policy.html"
+    speakers = ["alice", "bob", "carol"]
+    if fmt == "json":
+        rows = [{"author": speakers[i % 3], "time": f"14:{i:02d}", "text": f} for i, f in enumerate(FACTS * 2)]
+        (tmp / "chat.json").write_text(json.dumps(rows), encoding="utf-8")
+        return tmp / "chat.json"
+    lines = [f"12/31/23, 14:{i:02d} - {speakers[i % 3]}: {f}" for i, f in enumerate(FACTS * 2)]
+    (tmp / "chat.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp / "chat.txt"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt,fields,label", [("docx", ("section", "line"), r"(\d+\. Topic \d+|Store policy|headers, footers and notes), line \d+"),
+                                               ("epub", ("section", "line"), r"Chapter \d+, line \d+"),
+                                               ("html", ("section", "line"), r"(Topic \d+|Store policy), line \d+"),
+                                               ("json", ("message", "speaker", "time"), r"message \d+ — \w+, 14:\d\d"),
+                                               ("whatsapp", ("message", "speaker", "time"), r"message \d+ — \w+")])
+def test_ask_cites_every_format_in_its_own_terms(model_home, tmp_path, fmt, fields, label):
+    path = long_sample(tmp_path, fmt)
+    doc = load(str(path))
+    out = json.loads(run("ask", path, "Where is the warehouse?", "--json", "-n", "4").stdout)
+    assert out["document"]["format"] == doc.format and out["tokens"]["document"] > 250
+    check_spans(out["spans"], doc, fields)
+    assert all(re.match(label, s["label"]) for s in out["spans"]), [s["label"] for s in out["spans"]]
+
+
 @pytest.mark.integration
 def test_ask_streams_dense_markdown(model_home, tmp_path):
     md = tmp_path / "notes.md"
