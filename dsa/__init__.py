@@ -15,6 +15,6 @@ from .patch import attach, detach, is_attached, new_cache, profiling, recording,
 from .record import Selection, SelectionRecorder
 from .weights import find_shipped, fingerprint, load_indexer, save_indexer
 
-__all__ = ["DSACache", "cache_arg", "output_cache", "DSAConfig", "LightningIndexer", "index_scores", "attach", "detach", "is_attached",
-           "new_cache", "profiling", "recording", "set_mode", "Selection", "SelectionRecorder",
-           "find_shipped", "fingerprint", "load_indexer", "save_indexer"]
+__all__ = ["DSACache", "cache_arg", "output_cache", "DSAConfig", "LightningIndexer", "index_scores", "attach",
+           "detach", "is_attached", "new_cache", "profiling", "recording", "set_mode", "Selection",
+           "SelectionRecorder", "find_shipped", "fingerprint", "load_indexer", "save_indexer"]
