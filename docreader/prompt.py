@@ -44,21 +44,25 @@ _SLOT = re.compile("\uE000DOCREADER_([A-Z0-9]+)\uE000")
 
 
 def messages_for(document: Document, question: str, history: list[tuple[str, str]],
-                 system: str | None = None) -> list[dict]:
+                 system: str | None = None) -> tuple[list[dict], dict[str, str]]:
     """system, then the document with the first kept question, then the later turns. Every text that is
-    not ours (document, questions, earlier answers) is a slot, filled with its own tokens by `build`."""
+    not ours (document, questions, earlier answers) is a slot, filled with its own tokens by `_render`.
+    -> (chat messages, slot key -> text)."""
     turns = [*history, (question, None)]
     name = Path(document.path).name
     msgs = [{"role": "system", "content": template("system") if system is None else system}]
+    texts: dict[str, str] = {}
     for i, (q, a) in enumerate(turns):
+        texts[f"Q{i}"] = q
         if i == 0:
             content = template("ask").format(document_name=name, document=SENTINEL, question=_slot(f"Q{i}"))
         else:
             content = template("followup").format(question=_slot(f"Q{i}"))
         msgs.append({"role": "user", "content": content})
         if a is not None:
+            texts[f"A{i}"] = a
             msgs.append({"role": "assistant", "content": _slot(f"A{i}")})
-    return msgs
+    return msgs, texts
 
 
 def tokenize_document(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -97,10 +101,8 @@ def build(tokenizer, document: Document, question: str, history: list[tuple[str,
     ids, offsets = doc_tokens or tokenize_document(tokenizer, document.text)
     dropped = 0
     while True:
-        kept = history[dropped:]
-        texts = {f"Q{i}": q for i, (q, _) in enumerate([*kept, (question, None)])}
-        texts.update({f"A{i}": a for i, (_, a) in enumerate(kept)})
-        input_ids, doc_start = _render(tokenizer, messages_for(document, question, kept, system), texts, ids)
+        msgs, texts = messages_for(document, question, history[dropped:], system)
+        input_ids, doc_start = _render(tokenizer, msgs, texts, ids)
         total = len(input_ids)
         if total + max_new_tokens <= window:
             return Prompt(input_ids, doc_start, offsets, dropped, len(history) - dropped)

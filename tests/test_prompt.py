@@ -77,7 +77,7 @@ def test_document_tokens_map_exactly(tokenizer):
     assert post.endswith("<|im_start|>assistant\n")  # generation prompt
     assert (p.dropped_turns, p.history_turns) == (0, 0)
     # the prompt is what the chat template renders, token for token
-    rendered = tokenizer.apply_chat_template(messages_for(doc(), "When is payment due?", []), tokenize=False,
+    rendered = tokenizer.apply_chat_template(messages_for(doc(), "When is payment due?", [])[0], tokenize=False,
                                              add_generation_prompt=True).replace(SENTINEL, TEXT)
     rendered = rendered.replace("\uE000DOCREADER_Q0\uE000", "When is payment due?")
     assert tokenizer.decode(p.input_ids) == rendered
