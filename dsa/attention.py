@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from .cache import DSACache
+from . import kernels
 from .config import DSAConfig
 from .record import SelectionRecorder
-from .select import attended_record, select_all_dense, select_chunk
+from .rope import rope_cos_sin
+from .select import attended_record, select_all_dense, select_chunk, select_last
 
 
 @dataclass
@@ -34,6 +36,7 @@ class DSAState:
     # training/evaluation tap: called as capture(layer, x, query, key) with the layer's normalised input and
     # post-RoPE query [B, H, Lq, D] / key [B, Hkv, Lk, D], before attention (see dsa.train)
     capture: Callable | None = None
+    rope: tuple | None = None  # ((start, end, device), (cos, sin)): the indexer's RoPE, computed once per forward
 
 
 @contextmanager
@@ -51,6 +54,8 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: 
     Lq, Lk = q.shape[2], k.shape[2]
     if Lq == Lk:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+    elif Lq == 1 and q.shape[0] == 1:  # decode: two grouped matmuls read K and V once (CPU SDPA is ~1.3x slower)
+        return _attend_one(q[0, :, 0], k[0], v[0], scaling)[None, None]
     elif Lq == 1:
         out = F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=True)
     else:
@@ -86,7 +91,10 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
 
     qpos = torch.arange(Lk - Lq, Lk, device=query.device)
     with _phase(state, "indexer"):
-        qi, wi, ki = module.indexer(x, qpos)  # [B, Lq, H_I, d_I], [B, Lq, H_I], [B, Lq, d_I]
+        key_ = (Lk - Lq, Lk, query.device, torch.is_inference_mode_enabled())  # same for every layer of a forward
+        if state.rope is None or state.rope[0] != key_:
+            state.rope = (key_, rope_cos_sin(qpos, cfg.rope_dim, cfg.rope_theta))
+        qi, wi, ki = module.indexer(x, qpos, state.rope[1])  # [B, Lq, H_I, d_I], [B, Lq, H_I], [B, Lq, d_I]
         if isinstance(cache, DSACache):
             store = cache.index_keys[layer]
             keys = store.append(ki)
@@ -113,7 +121,18 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
 
     C = cfg.query_chunk
     for b in range(B):
-        for c0 in range(0, Lq, C):
+        # CPU kernel: every query that is not recorded, in one call (recorded ones take the PyTorch path below)
+        done = 0
+        if not use_dense and kernels.usable(query, keys):
+            done = Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
+            if done:
+                _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
+        if done == Lq:
+            continue
+        if Lq == 1 and _decode_one(module, state, b, query, qi, wi, keys, means, cache, key, value, out, use_dense,
+                                   scaling):
+            continue
+        for c0 in range(done, Lq, C):
             c1 = min(c0 + C, Lq)
             qp = qpos[c0:c1]
             record = rec is not None and rec.wants(int(qp[-1]))
@@ -126,17 +145,75 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
             if use_dense:
                 continue
             with _phase(state, "attention"):
-                read = sel.mask.any(0)  # only keys some query of the chunk selected (decode: exactly its own)
+                read = sel.mask.any(0)  # only keys some query of the chunk selected
                 tokens, mask = sel.tokens[read], sel.mask[:, read]  # [T], [C, T]
-                if isinstance(cache, DSACache):
-                    kg, vg = cache.layers[layer].gather(b, tokens)  # [Hkv, T, D]
-                else:
-                    kg, vg = key[b][:, tokens], value[b][:, tokens]
-                full = c1 - c0 == 1  # a single query reads exactly its own selection: no mask needed
+                kg, vg = _gather(cache, layer, b, tokens, key, value)
                 o = F.scaled_dot_product_attention(query[b : b + 1, :, c0:c1], kg[None], vg[None],
-                                                   attn_mask=None if full else mask[None, None], scale=scaling,
-                                                   enable_gqa=True)
-                if state.timings is not None:
-                    state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(tokens.shape[0])
+                                                   attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
+                _count_keys(state, tokens)
                 out[b, c0:c1] = o[0].transpose(0, 1)
     return out, None
+
+
+def _gather(cache, layer: int, b: int, tokens: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """Keys and values [Hkv, T, D] at positions `tokens` of batch row b."""
+    if isinstance(cache, DSACache):
+        return cache.layers[layer].gather(b, tokens)
+    return key[b][:, tokens], value[b][:, tokens]
+
+
+def _count_keys(state: DSAState, tokens: torch.Tensor) -> None:
+    if state.timings is not None:
+        state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(tokens.shape[0])
+
+
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
+    """One query over its gathered keys, GQA by grouping heads: q [H, D], k/v [Hkv, T, D] -> [H, D].
+    Three batched matmul-sized ops; SDPA's general path costs more than the arithmetic at T ~ 1k."""
+    H, D = q.shape
+    Hkv = k.shape[0]
+    s = torch.bmm(q.view(Hkv, H // Hkv, D) * scaling, k.transpose(1, 2))  # [Hkv, G, T]
+    p = torch.softmax(s.float(), dim=-1).to(v.dtype)
+    return torch.bmm(p, v).view(H, D)
+
+
+def _decode_one(module, state: DSAState, b: int, query, qi, wi, keys, means, cache, key, value, out,
+                use_dense: bool, scaling: float) -> bool:
+    """Decode fast path for batch row b (`select_last`); False when it does not apply (short context)."""
+    cfg, layer, rec = state.config, module.dsa_layer, state.recorder
+    Lk = keys.shape[1]
+    record = rec is not None and rec.wants(Lk - 1)
+    if use_dense and not record:
+        return True
+    with _phase(state, "selection"):
+        sel = select_last(qi[b, 0], wi[b, 0], keys[b], means[b], cfg, record)
+    if sel is None:
+        return False
+    if record:
+        rec.add(layer, b, torch.tensor([Lk - 1], device=keys.device), sel.idx, sel.score, sel.blocks)
+    if not use_dense:
+        with _phase(state, "attention"):
+            kg, vg = _gather(cache, layer, b, sel.tokens, key, value)
+            out[b, 0] = _attend_one(query[b, :, 0], kg, vg, scaling)
+            _count_keys(state, sel.tokens)
+    return True
+
+
+def _kernel(state: DSAState, layer: int, b: int, query, qi, wi, keys, means, qpos, cache, key, value, out,
+            n: int, scaling: float) -> None:
+    """The first n queries of batch row b through `kernels.select_attend` (both stages + attention)."""
+    t = time.perf_counter()
+    if isinstance(cache, DSACache):
+        kl = cache.layers[layer]
+        kbuf, vbuf = kl._k.buf[b], kl._v.buf[b]  # [Hkv, cap, D], contiguous
+    else:
+        kbuf, vbuf = key[b].contiguous(), value[b].contiguous()
+    q = query[b, :, :n].transpose(0, 1)  # [n, H, D]
+    nread, (sel_s, att_s) = kernels.select_attend(qi[b, :n], wi[b, :n], keys[b], means[b], qpos[:n], q, kbuf, vbuf,
+                                                  state.config, scaling, out[b, :n])
+    if state.timings is not None:  # split the wall time by the kernel's own per-phase clock
+        wall = time.perf_counter() - t
+        frac = sel_s / max(sel_s + att_s, 1e-12)
+        for name, sec in (("selection", wall * frac), ("attention", wall * (1 - frac))):
+            state.timings[name] = state.timings.get(name, 0.0) + sec
+        state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(nread.sum())

@@ -26,11 +26,12 @@ class LightningIndexer(nn.Module):
         self.weights_proj = nn.Linear(hidden_size, cfg.index_heads, bias=False)
         self.scale = 1.0 / math.sqrt(cfg.index_heads * cfg.index_dim)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor):
-        """x [B, L, hidden], positions [L] -> q [B, L, H_I, d_I], w [B, L, H_I] fp32, k [B, L, d_I]."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """x [B, L, hidden], positions [L] -> q [B, L, H_I, d_I], w [B, L, H_I] fp32, k [B, L, d_I].
+        rope: (cos, sin) for `positions` when the caller already has them (shared by every layer)."""
         B, L, _ = x.shape
         cfg = self.cfg
-        cos, sin = rope_cos_sin(positions, cfg.rope_dim, cfg.rope_theta)
+        cos, sin = rope if rope is not None else rope_cos_sin(positions, cfg.rope_dim, cfg.rope_theta)
         q = self.wq(x).view(B, L, cfg.index_heads, cfg.index_dim)
         q = apply_rope(q, cos, sin)
         k = apply_rope(self.k_norm(self.wk(x)), cos, sin)

@@ -85,6 +85,68 @@ def select_chunk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
     return ChunkSelection(tokens, mask, sel_idx, tval.float(), blocks, tscore)
 
 
+@dataclass
+class LastSelection:
+    """Decode's selection for the one query at the last position (see `select_last`)."""
+
+    tokens: torch.Tensor  # [T] long, ascending: every key the query attends (sink, top-k picks, local window)
+    idx: torch.Tensor | None = None  # [1, K] attended positions apart from the sink, best score first (record only)
+    score: torch.Tensor | None = None  # [1, K] their indexer scores
+    blocks: torch.Tensor | None = None  # [1, n_blocks] excerpts kept by stage 1 (-1 = none)
+
+
+def select_last(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor, cfg: DSAConfig,
+                record: bool = False) -> LastSelection | None:
+    """Decode's fast path: the same keys `select_chunk` picks for one query at position L-1, in about a third of
+    the tensor ops (per-op overhead, not arithmetic, is what a decode step costs on a CPU). For the last
+    position the forced blocks are two contiguous runs (sink blocks [0, ns), local blocks [fl, nb)), so stage 1
+    is a top-k over the free run between them and stage 2 scores only the non-forced candidates.
+    q [H, d], w [H], keys [L, d], block_means [nb, d]. None when the runs overlap (short contexts)."""
+    L, bs = keys.shape[0], cfg.block_size
+    dev = keys.device
+    qp = L - 1
+    ns = -(-cfg.sink_tokens // bs)  # sink blocks: [0, ns)
+    local_lo = max(qp - cfg.local_window + 1, 0)
+    fl = local_lo // bs  # first block reaching into the local window: [fl, nb) are forced
+    if cfg.local_window < 1 or fl < ns or L <= cfg.sink_tokens:
+        return None
+    qf, wf = q.float(), w.float()
+
+    # stage 1 over the free blocks [ns, fl) (all full blocks)
+    kb = min(cfg.n_blocks, fl - ns)
+    d = keys.shape[1]
+    picks = torch.empty(0, dtype=torch.long, device=dev)
+    if kb > 0:
+        bstart = torch.arange(ns, fl, device=dev) * bs
+        bscore = _tiebreak((wf @ F.relu(qf @ block_means[ns:fl].float().T))[None], bstart)  # [1, fl - ns]
+        picks = bscore.topk(kb, dim=-1)[1][0].sort().values + ns  # [kb], ascending
+
+    # stage 2 over the non-forced candidates, in position order: the rest of the sink blocks, the kept blocks
+    # (gathered as whole 64-token rows), the local blocks' tokens before the window
+    ar = torch.arange(bs, device=dev)
+    cand = torch.cat([torch.arange(cfg.sink_tokens, ns * bs, device=dev), (picks[:, None] * bs + ar).flatten(),
+                      torch.arange(fl * bs, local_lo, device=dev)])  # [M]
+    kc = torch.cat([keys[cfg.sink_tokens : ns * bs], keys[: fl * bs].view(fl, bs, d)[picks].view(-1, d),
+                    keys[fl * bs : local_lo]])  # [M, d]
+    tscore = wf @ F.relu(qf @ kc.float().T)  # [M]
+    kt = min(cfg.top_k, cand.shape[0])
+    tidx = _tiebreak(tscore[None], cand).topk(kt, dim=-1, sorted=False)[1][0]  # [kt]
+    chosen_m = torch.zeros_like(cand, dtype=torch.bool)
+    chosen_m[tidx] = True
+    chosen = cand[chosen_m]  # ascending
+    sink = torch.arange(min(cfg.sink_tokens, L), device=dev)
+    local = torch.arange(local_lo, L, device=dev)
+    sel = LastSelection(torch.cat([sink, chosen, local]))
+    if record:
+        lscore = wf @ F.relu(qf @ keys[local_lo:].float().T)  # [L - local_lo]
+        score, order = torch.cat([tscore[chosen_m], lscore]).sort(descending=True)
+        sel.idx, sel.score = torch.cat([chosen, local])[order][None], score[None]
+        blocks = torch.full((min(cfg.n_blocks, block_means.shape[0]),), -1, dtype=torch.long, device=dev)
+        blocks[: picks.shape[0]] = picks
+        sel.blocks = blocks[None]
+    return sel
+
+
 def attended_record(sel: ChunkSelection, sink_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """What each query attends apart from the sink: top-k picks *and* the forced local window (so the
     last tokens before a question can be cited too), with their indexer scores, best first.

@@ -1,0 +1,109 @@
+"""The CPU kernel for DSA's sparse path (`csrc/select_attend.cpp`): built with g++ at first use, loaded by ctypes.
+
+Why a kernel: a CPU decode step through PyTorch ops is bound by per-op overhead (about 60 small ops per
+sparse layer), and a prefill chunk attends the union of its queries' selections. The kernel runs both
+stages and the attention per query, reading only that query's keys. No torch headers, so it builds in
+about a second; the shared object is cached under `$DSA_KERNEL_DIR` (default `~/.cache/dsa/kernels`),
+keyed by the source, the flags and the CPU (it is built with -march=native).
+
+If g++ is missing or the build fails, `available()` is False and DSA uses its PyTorch path (same
+selections). `DSA_KERNELS=0` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SRC = Path(__file__).with_name("csrc") / "select_attend.cpp"
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+_lib: ctypes.CDLL | None | bool = False  # False: not tried yet
+_error = ""
+
+_i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_ptr = ctypes.c_void_p
+
+
+def _cpu_id() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep)
+
+
+def _build() -> ctypes.CDLL:
+    src = SRC.read_bytes()
+    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
+    root = Path(os.environ.get("DSA_KERNEL_DIR") or Path.home() / ".cache" / "dsa" / "kernels")
+    so = root / f"select_attend-{key}.so"
+    if not so.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp:  # build aside, then rename: never a half-written .so
+            out = Path(tmp) / so.name
+            r = subprocess.run(["g++", *FLAGS, str(SRC), "-o", str(out)], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr.strip()[-500:])
+            os.replace(out, so)
+    lib = ctypes.CDLL(str(so))
+    fn = lib.dsa_select_attend
+    fn.restype = _int
+    fn.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
+                   _int, _int, _int, _int, _int, _int, _int, _int, _int, _int, _f32, _int]
+    return lib
+
+
+def available() -> bool:
+    """True when the kernel is built and loaded (tries once per process)."""
+    global _lib, _error
+    if os.environ.get("DSA_KERNELS", "1") == "0":
+        return False
+    if _lib is False:
+        try:
+            _lib = _build()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _lib, _error = None, f"{type(e).__name__}: {e}"
+    return _lib is not None
+
+
+def build_error() -> str:
+    """Why the kernel is unavailable ('' when it is available or was not tried)."""
+    return _error
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """The kernel takes float32 CPU tensors."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
+
+
+def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means: torch.Tensor, qpos: torch.Tensor,
+                  query: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, cfg, scaling: float,
+                  out: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Both stages and the attention for C queries of one batch row; writes `out` [C, H, D] and returns the
+    number of keys each query read [C] and the (selection, attention) seconds summed over threads.
+
+    qi [C, H_I, d_I], wi [C, H_I], keys [L, d_I] (rows contiguous), means [nb, d_I], qpos [C] long,
+    query [C, H, D], kbuf / vbuf [Hkv, cap, D] (positions < L filled), out [C, H, D] contiguous."""
+    C, HI, DI = qi.shape
+    H, D = query.shape[1:]
+    Hkv = kbuf.shape[0]
+    qi, wi, means, qpos, query = (t.contiguous() for t in (qi, wi.float(), means.float(), qpos, query))
+    if keys.stride(1) != 1 or keys.stride(0) != DI:
+        keys = keys.contiguous()
+    if not (kbuf.is_contiguous() and vbuf.is_contiguous() and out.is_contiguous()):
+        raise ValueError("select_attend: kbuf, vbuf and out must be contiguous")
+    nread = torch.empty(C, dtype=torch.int64)
+    phase = (ctypes.c_double * 2)()
+    _lib.dsa_select_attend(C, qi.data_ptr(), wi.data_ptr(), keys.data_ptr(), means.data_ptr(), means.shape[0],
+                           qpos.data_ptr(), query.data_ptr(), kbuf.data_ptr(), vbuf.data_ptr(), kbuf.shape[1],
+                           out.data_ptr(), nread.data_ptr(), phase, HI, DI, H, Hkv, D, cfg.block_size, cfg.n_blocks,
+                           cfg.top_k, cfg.sink_tokens, cfg.local_window, float(scaling), torch.get_num_threads())
+    return nread, (phase[0], phase[1])

@@ -1,0 +1,130 @@
+"""The CPU kernel (dsa/csrc/select_attend.cpp) and the decode fast path (`select_last`) against the PyTorch
+reference path (`select_chunk` + masked SDPA), at contexts many times larger than top_k."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dsa
+from dsa import kernels
+from dsa.select import attended_record, select_chunk, select_last
+from test_dsa import FAMILIES, ids, logits, small, tiny
+
+
+def test_kernel_builds():
+    assert kernels.available(), kernels.build_error()
+
+
+def _block_means(keys: torch.Tensor, bs: int) -> torch.Tensor:
+    L, d = keys.shape
+    sums = F.pad(keys, (0, 0, 0, (-L) % bs)).view(-1, bs, d).sum(1)
+    counts = torch.full((sums.shape[0],), float(bs))
+    counts[-1] = L - (sums.shape[0] - 1) * bs
+    return sums / counts[:, None]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_kernel_full_budget_equals_dense(family):
+    """Every key within budget: the kernel's sparse path (no recorder, so no PyTorch fallback) is dense attention."""
+    model = tiny(family)
+    x = ids(192)
+    ref = logits(model, x)
+    dsa.attach(model, small(n_blocks=12, top_k=180))
+    assert torch.allclose(logits(model, x), ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_kernel_matches_torch_path_prefill_and_decode(family, monkeypatch):
+    """L = 1,536 = 64 x top_k: prefill logits and 8 decode steps agree with the PyTorch path."""
+    model = tiny(family)
+    dsa.attach(model, small())
+    x = ids(1536 + 8)
+
+    def run():
+        cache = dsa.new_cache(model)
+        with torch.no_grad():
+            out = [model(x[:, :1536], **dsa.cache_arg(cache), use_cache=True).logits[:, -64:]]
+            for t in range(1536, 1544):
+                out.append(model(x[:, t : t + 1], **dsa.cache_arg(cache), use_cache=True).logits)
+        return torch.cat(out, 1)
+
+    fast = run()
+    monkeypatch.setattr(kernels, "usable", lambda *t: False)
+    ref = run()
+    assert torch.allclose(fast, ref, atol=1e-4), (fast - ref).abs().max()
+    dsa.set_mode(model, "dense")
+    assert not torch.allclose(run(), ref, atol=1e-3)  # the comparison can fail: sparse differs from dense here
+
+
+@pytest.mark.parametrize("L", [40, 130, 200, 1000, 1537])
+def test_kernel_selects_what_select_chunk_selects(L):
+    """Per query (early positions where sink and local window overlap, and late ones), the kernel attends the
+    same keys as select_chunk: with one-hot values, its output reveals the attention weights per key."""
+    torch.manual_seed(L)
+    cfg = small()
+    HI, DI, H, HKV = cfg.index_heads, cfg.index_dim, 4, 2
+    keys = F.layer_norm(torch.randn(L, DI), (DI,))
+    means = _block_means(keys, cfg.block_size)
+    qpos = torch.tensor(sorted({0, 3, 17, L // 2, L - 2, L - 1}))
+    C = len(qpos)
+    qi, wi = torch.randn(C, HI, DI), torch.randn(C, HI)
+    vbuf = torch.zeros(HKV, L + 7, L + 7)  # value of key t = one-hot(t): the output is the attention weights
+    vbuf[:, torch.arange(L + 7), torch.arange(L + 7)] = 1
+    out = torch.empty(C, H, L + 7)
+    nread, _ = kernels.select_attend(qi, wi, keys, means, qpos, torch.randn(C, H, L + 7),
+                                     torch.randn(HKV, L + 7, L + 7), vbuf, cfg, 0.25, out)
+    for c in range(C):
+        qp = int(qpos[c])
+        sel = select_chunk(qi[c : c + 1], wi[c : c + 1], keys[: qp + 1], means, qpos[c : c + 1], cfg)
+        want = set(sel.tokens[sel.mask[0]].tolist())
+        got = set((out[c, 0] > 0).nonzero().flatten().tolist())
+        assert got == want, (qp, sorted(got ^ want)[:10])
+        assert int(nread[c]) == len(want)
+
+
+@pytest.mark.parametrize("DI,D", [(32, 64), (64, 128), (16, 48)])
+def test_kernel_attention_matches_sdpa(DI, D):
+    """The unrolled shapes of real models (and a generic one): output = SDPA over select_chunk's keys."""
+    torch.manual_seed(DI + D)
+    cfg = small(index_dim=DI, rope_dim=16, top_k=64, n_blocks=8)
+    L, H, HKV = 2000, 6, 2
+    keys = F.layer_norm(torch.randn(L, DI), (DI,))
+    means = _block_means(keys, cfg.block_size)
+    qpos = torch.tensor([5, 700, L - 1])
+    C = len(qpos)
+    qi, wi, query = torch.randn(C, cfg.index_heads, DI), torch.randn(C, cfg.index_heads), torch.randn(C, H, D)
+    kbuf, vbuf = torch.randn(HKV, L, D), torch.randn(HKV, L, D)
+    out = torch.empty(C, H, D)
+    kernels.select_attend(qi, wi, keys, means, qpos, query, kbuf, vbuf, cfg, D**-0.5, out)
+    for c in range(C):
+        sel = select_chunk(qi[c : c + 1], wi[c : c + 1], keys[: int(qpos[c]) + 1], means, qpos[c : c + 1], cfg)
+        t = sel.tokens[sel.mask[0]]
+        ref = F.scaled_dot_product_attention(query[c][None, :, None], kbuf[:, t][None], vbuf[:, t][None],
+                                             scale=D**-0.5, enable_gqa=True)[0, :, 0]
+        assert torch.allclose(out[c], ref, atol=1e-5), (out[c] - ref).abs().max()
+
+
+@pytest.mark.parametrize("L", [300, 1000, 1537])
+def test_select_last_equals_select_chunk(L):
+    """The PyTorch decode fast path picks the same keys and records the same spans as the chunk path."""
+    torch.manual_seed(L)
+    cfg = small()
+    keys = F.layer_norm(torch.randn(L, cfg.index_dim), (cfg.index_dim,))
+    means = _block_means(keys, cfg.block_size)
+    q, w = torch.randn(cfg.index_heads, cfg.index_dim), torch.randn(cfg.index_heads)
+    ref = select_chunk(q[None], w[None], keys, means, torch.tensor([L - 1]), cfg)
+    got = select_last(q, w, keys, means, cfg, record=True)
+    assert got.tokens.tolist() == ref.tokens[ref.mask[0]].tolist()
+    idx, score = attended_record(ref, cfg.sink_tokens)
+    n = int((idx[0] >= 0).sum())
+    assert set(got.idx[0].tolist()) == set(idx[0, :n].tolist())
+    assert torch.allclose(got.score[0], score[0, :n])
+    assert set(got.blocks[0].tolist()) == set(ref.blocks[0].tolist())
+
+
+def test_select_last_defers_when_sink_and_window_overlap():
+    cfg = small()
+    keys = torch.randn(10, cfg.index_dim)
+    assert select_last(torch.randn(2, 16), torch.randn(2), keys, _block_means(keys, 16), cfg) is None
