@@ -173,7 +173,10 @@ def main() -> None:
 
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
                else torch.cuda.get_device_name())
-    print(f"\n{lm.name} ({dtype}) on {args.device} — {machine}; DSA top_k {cfg.top_k}, n_blocks {cfg.n_blocks}, "
+    from dsa import kernels
+    kernel = ("CPU kernel (fused selection + attention)" if args.device == "cpu" and kernels.available()
+              else f"PyTorch path{' (' + kernels.build_error() + ')' if kernels.build_error() else ''}")
+    print(f"\n{lm.name} ({dtype}) on {args.device} — {machine}; DSA via {kernel}; top_k {cfg.top_k}, n_blocks {cfg.n_blocks}, "
           f"sink {cfg.sink_tokens}, local {cfg.local_window}, dense layers {cfg.dense_layers}; "
           f"{args.decode} decoded tokens per length; {time.strftime('%Y-%m-%d')}\n")
     print("| tokens | prefill dense s | prefill DSA s | prefill ×  | decode dense ms/tok | decode DSA ms/tok | decode × "
@@ -194,7 +197,7 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": lm.name, "device": args.device, "machine": machine,
-                                               "dtype": dtype, "dsa": cfg.to_dict(), "rows": rows}, indent=2))
+                                               "dtype": dtype, "dsa": cfg.to_dict(), "dsa_path": kernel, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

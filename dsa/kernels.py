@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 SRC = Path(__file__).with_name("csrc") / "select_attend.cpp"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
 _error = ""
 

@@ -55,6 +55,46 @@ void top_mask(const std::vector<float>& score, int k, std::vector<float>& tmp, s
         if (score[i] > thr || (score[i] == thr && ties-- > 0)) keep[i] = 1;
 }
 
+// fetch the row at t[i + ahead] while row t[i] is used: the rows are scattered, so the hardware prefetcher
+// cannot guess them, and each is only a few cache lines
+inline void prefetch_row(const float* base, const int64_t* t, int64_t i, int64_t T, int n) {
+    constexpr int64_t ahead = 8;
+    if (i + ahead < T) {
+        const char* r = reinterpret_cast<const char*>(base + t[i + ahead] * n);
+        for (int b = 0; b < n * 4; b += 64) __builtin_prefetch(r + b);
+    }
+}
+
+// KV head g's G query heads over the attended positions t: one pass over the K rows, one over the V rows
+template <int D>
+void attend_group(const float* q, const float* k, const float* v, const int64_t* t, int64_t T, int G, int dn,
+                  float scaling, float* p, float* out) {
+    const int n = D > 0 ? D : dn;
+    for (int64_t i = 0; i < T; ++i) {
+        prefetch_row(k, t, i, T, n);
+        const float* kr = k + t[i] * n;
+        for (int j = 0; j < G; ++j) p[j * T + i] = dot<D>(q + j * n, kr, n) * scaling;
+    }
+    for (int j = 0; j < G; ++j) {
+        float* pj = p + j * T;
+        const float mx = *std::max_element(pj, pj + T);
+        float sum = 0.f;
+        for (int64_t i = 0; i < T; ++i) { pj[i] = std::exp(pj[i] - mx); sum += pj[i]; }
+        const float inv = 1.f / sum;
+        for (int64_t i = 0; i < T; ++i) pj[i] *= inv;
+    }
+    std::fill(out, out + G * n, 0.f);
+    for (int64_t i = 0; i < T; ++i) {
+        prefetch_row(v, t, i, T, n);
+        const float* vr = v + t[i] * n;
+        for (int j = 0; j < G; ++j) {
+            const float pi = p[j * T + i];
+            float* oj = out + j * n;
+            for (int d = 0; d < n; ++d) oj[d] += pi * vr[d];
+        }
+    }
+}
+
 using Clock = std::chrono::steady_clock;
 
 struct Scratch {  // per-thread buffers reused across queries
@@ -117,38 +157,14 @@ void one_query(const Args& a, int64_t c, Scratch& s) {
     const auto t1 = Clock::now();
     select_s += std::chrono::duration<double>(t1 - t0).count();
 
-    // sparse attention: each KV head's G query heads over the attended tokens (one pass over K, one over V)
+    // sparse attention: query head h reads KV head h / G at the attended positions
     const int G = a.H / a.HKV, Dn = D > 0 ? D : a.D;
     const int64_t T = static_cast<int64_t>(attend.size());
     a.nread[c] = T;
     p.resize(static_cast<size_t>(G) * T);
-    for (int g = 0; g < a.HKV; ++g) {
-        const float* kg = a.kbuf + g * a.cap * Dn;
-        const float* vg = a.vbuf + g * a.cap * Dn;
-        const float* qg = a.query + (c * a.H + g * G) * Dn;
-        float* og = a.out + (c * a.H + g * G) * Dn;
-        for (int64_t i = 0; i < T; ++i) {
-            const float* kr = kg + attend[i] * Dn;
-            for (int j = 0; j < G; ++j) p[j * T + i] = dot<D>(qg + j * Dn, kr, Dn) * a.scaling;
-        }
-        for (int j = 0; j < G; ++j) {
-            float* pj = p.data() + static_cast<size_t>(j) * T;
-            const float mx = *std::max_element(pj, pj + T);
-            float sum = 0.f;
-            for (int64_t i = 0; i < T; ++i) { pj[i] = std::exp(pj[i] - mx); sum += pj[i]; }
-            const float inv = 1.f / sum;
-            for (int64_t i = 0; i < T; ++i) pj[i] *= inv;
-        }
-        std::fill(og, og + G * Dn, 0.f);
-        for (int64_t i = 0; i < T; ++i) {
-            const float* vr = vg + attend[i] * Dn;
-            for (int j = 0; j < G; ++j) {
-                const float pi = p[j * T + i];
-                float* oj = og + j * Dn;
-                for (int d = 0; d < Dn; ++d) oj[d] += pi * vr[d];
-            }
-        }
-    }
+    for (int g = 0; g < a.HKV; ++g)
+        attend_group<D>(a.query + (c * a.H + g * G) * Dn, a.kbuf + g * a.cap * Dn, a.vbuf + g * a.cap * Dn,
+                        attend.data(), T, G, Dn, a.scaling, p.data(), a.out + (c * a.H + g * G) * Dn);
     attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
 }
 
