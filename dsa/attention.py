@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .cache import DSACache
 from . import kernels
+from .cache import DSACache
 from .config import DSAConfig
 from .record import SelectionRecorder
 from .rope import rope_cos_sin
