@@ -150,7 +150,7 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
                 kg, vg = _gather(cache, layer, b, tokens, key, value)
                 o = F.scaled_dot_product_attention(query[b : b + 1, :, c0:c1], kg[None], vg[None],
                                                    attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
-                _count_keys(state, tokens)
+                _count_keys(state, tokens.shape[0])
                 out[b, c0:c1] = o[0].transpose(0, 1)
     return out, None
 
@@ -162,9 +162,10 @@ def _gather(cache, layer: int, b: int, tokens: torch.Tensor, key: torch.Tensor, 
     return key[b][:, tokens], value[b][:, tokens]
 
 
-def _count_keys(state: DSAState, tokens: torch.Tensor) -> None:
+def _count_keys(state: DSAState, n: int | torch.Tensor) -> None:
+    """Keys read (for the benchmark's bytes-per-token), when profiling."""
     if state.timings is not None:
-        state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(tokens.shape[0])
+        state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(n)
 
 
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -195,7 +196,7 @@ def _decode_one(module, state: DSAState, b: int, query, qi, wi, keys, means, cac
         with _phase(state, "attention"):
             kg, vg = _gather(cache, layer, b, sel.tokens, key, value)
             out[b, 0] = _attend_one(query[b, :, 0], kg, vg, scaling)
-            _count_keys(state, sel.tokens)
+            _count_keys(state, sel.tokens.shape[0])
     return True
 
 
@@ -216,4 +217,4 @@ def _kernel(state: DSAState, layer: int, b: int, query, qi, wi, keys, means, qpo
         frac = sel_s / max(sel_s + att_s, 1e-12)
         for name, sec in (("selection", wall * frac), ("attention", wall * (1 - frac))):
             state.timings[name] = state.timings.get(name, 0.0) + sec
-        state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(nread.sum())
+    _count_keys(state, nread.sum())

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import dsa
 from dsa import kernels
+from dsa.attention import _block_means as block_means
 from dsa.select import attended_record, select_chunk, select_last
 from test_dsa import FAMILIES, ids, logits, small, tiny
 
@@ -18,11 +19,8 @@ def test_kernel_builds():
 
 
 def _block_means(keys: torch.Tensor, bs: int) -> torch.Tensor:
-    L, d = keys.shape
-    sums = F.pad(keys, (0, 0, 0, (-L) % bs)).view(-1, bs, d).sum(1)
-    counts = torch.full((sums.shape[0],), float(bs))
-    counts[-1] = L - (sums.shape[0] - 1) * bs
-    return sums / counts[:, None]
+    """[L, d] -> [nb, d], as the attention computes them without a cache."""
+    return block_means(keys[None], bs)[0]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
