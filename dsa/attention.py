@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import flex, kernels
 from .cache import DSACache
 from .config import DSAConfig
 from .record import SelectionRecorder
@@ -44,8 +44,11 @@ def _phase(state: DSAState, name: str):
     if state.timings is None:
         yield
         return
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)  # GPU work is asynchronous
+    sync()
     t = time.perf_counter()
     yield
+    sync()
     state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - t
 
 
@@ -121,12 +124,17 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
 
     C = cfg.query_chunk
     for b in range(B):
-        # CPU kernel: every query that is not recorded, in one call (recorded ones take the PyTorch path below)
-        done = 0
-        if not use_dense and kernels.usable(query, keys):
-            done = Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
-            if done:
-                _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
+        # CPU kernel or GPU prefill: every query that is not recorded, in one call (recorded ones take the
+        # PyTorch path below)
+        done = 0 if use_dense else Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
+        if done and kernels.usable(query, keys):
+            _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
+        elif done and flex.usable(query, cfg):
+            _count_keys(state, flex.prefill(query[b, :, :done], key[b], value[b], qi[b, :done], wi[b, :done], keys[b],
+                                            means[b], qpos[:done], cfg, scaling, out[b, :done],
+                                            phase=lambda p: _phase(state, p)))
+        else:
+            done = 0
         if done == Lq:
             continue
         if Lq == 1 and _decode_one(module, state, b, query, qi, wi, keys, means, cache, key, value, out, use_dense,

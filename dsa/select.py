@@ -55,7 +55,7 @@ def select_chunk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
 
     # stage 1: excerpts
     causal_b = bstart[None, :] <= qp  # [C, nb]
-    local_lo = torch.clamp(qp - cfg.local_window + 1, min=0)
+    local_lo = torch.clamp(qp - max(cfg.local_window, 1) + 1, min=0)  # the query's own block, even with no window
     forced_b = (bstart[None, :] < cfg.sink_tokens) | ((bend[None, :] >= local_lo) & causal_b)
     forced_b &= causal_b
     bscore = _tiebreak(_scores(q, w, block_means), bstart).masked_fill(~causal_b | forced_b, NEG)  # [C, nb]

@@ -113,7 +113,7 @@ void one_query(const Args& a, int64_t c, Scratch& s) {
     const float* w = a.wi + c * a.HI;
     const int64_t bs = a.bs, qb = qp / bs;
     const int64_t ns = (a.sink + bs - 1) / bs;
-    const int64_t local_lo = std::max<int64_t>(qp - a.local + 1, 0);
+    const int64_t local_lo = std::max<int64_t>(qp - std::max(a.local, 1) + 1, 0);  // own block even if local = 0
     const int64_t fl = local_lo / bs;
 
     // stage 1: free blocks [ns, fl) are all full and before the local window

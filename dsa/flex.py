@@ -1,0 +1,173 @@
+"""GPU prefill for DSA: both selection stages over large chunks of queries, then FlexAttention.
+
+Why: the PyTorch path walks 64 queries at a time (tens of small launches per chunk, a host sync per
+chunk), which on a GPU costs more than the arithmetic. Here one chunk is thousands of queries:
+
+- stage 1 scores every causal block with the block-mean indexer key and keeps the top `n_blocks`
+  (as `select_chunk`);
+- stage 2 scores, per query, only the tokens of its own candidate blocks (kept + sink + local
+  blocks, a fixed number of slots) and keeps the top `top_k` non-forced ones;
+- the picks go into a per-query bitset [C, Lk/32], and a FlexAttention block mask lists, per tile of
+  64 queries, the 64-token blocks some query of the tile reads. The kernel visits only those blocks,
+  and `mask_mod` keeps each query to its own tokens (picks, sink, local window, causal).
+
+Same selections as `select_chunk` (tests compare them); no L x L tensor is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .config import DSAConfig
+from .select import NEG, _tiebreak
+
+TILE = 64  # queries per FlexAttention tile and keys per KV tile (= the excerpt block size it supports)
+CHUNK = 8192  # queries selected at once: stage 2 holds [CHUNK, slots * 64, d] gathered keys
+_compiled = None
+
+
+def usable(query: torch.Tensor, cfg: DSAConfig) -> bool:
+    """The GPU prefill path runs for CUDA queries of a prefill (more than one query) with 64-token blocks."""
+    if os.environ.get("DSA_FLEX", "1") == "0" or not query.is_cuda or query.shape[2] < 2 or cfg.block_size != TILE:
+        return False
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flex():
+    """flex_attention, compiled on CUDA (eager flex is a reference implementation, O(L^2) memory)."""
+    global _compiled
+    from torch.nn.attention.flex_attention import flex_attention
+    if _compiled is None:
+        _compiled = torch.compile(flex_attention, dynamic=False) if torch.cuda.is_available() else flex_attention
+    return _compiled
+
+
+def forced_slots(qpos: torch.Tensor, cfg: DSAConfig) -> torch.Tensor:
+    """[C, ns + nl] blocks every query attends in part: the sink blocks and the blocks reaching into its local
+    window (-1 where not causal, or a local block already listed as a sink block)."""
+    bs = cfg.block_size
+    ns = -(-cfg.sink_tokens // bs)
+    local = max(cfg.local_window, 1)  # the query's own block is forced even with no local window
+    nl = -(-local // bs) + 1
+    qp = qpos[:, None]  # [C, 1]
+    sink = torch.arange(ns, device=qpos.device)[None, :].expand(qpos.shape[0], ns)  # [C, ns]
+    first = torch.clamp(qp - local + 1, min=0) // bs  # [C, 1]: blocks ending at or after local_lo
+    local = first + torch.arange(nl, device=qpos.device)[None, :]  # [C, nl]
+    sink = torch.where(sink * bs <= qp, sink, -1)
+    local = torch.where((local * bs <= qp) & (local >= ns), local, -1)
+    return torch.cat([sink, local], 1)
+
+
+def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor,
+                 qpos: torch.Tensor, cfg: DSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both stages for a chunk: q [C, H, d], w [C, H], keys [L, d], block_means [nb, d], qpos [C].
+    -> kept blocks [C, n_blocks] (-1 = none) and picked tokens [C, top_k] (-1 = none); the forced tokens
+    (sink, local window, the query itself) are implied, as in `select_chunk`."""
+    L, bs, d = keys.shape[0], cfg.block_size, keys.shape[1]
+    nb = block_means.shape[0]
+    dev = keys.device
+    qp = qpos[:, None]  # [C, 1]
+    qf, wf = q.float(), w.float()
+
+    # stage 1: excerpts (sink blocks and local blocks are forced, never competing)
+    bstart = torch.arange(nb, device=dev) * bs
+    bend = torch.clamp(bstart + bs, max=L) - 1
+    causal_b = bstart[None, :] <= qp  # [C, nb]
+    local_lo = torch.clamp(qp - max(cfg.local_window, 1) + 1, min=0)
+    forced_b = ((bstart[None, :] < cfg.sink_tokens) | (bend[None, :] >= local_lo)) & causal_b
+    bscore = torch.einsum("chn,ch->cn", F.relu(torch.einsum("chd,nd->chn", qf, block_means.float())), wf)
+    bscore = _tiebreak(bscore, bstart).masked_fill(~causal_b | forced_b, NEG)
+    bval, bidx = bscore.topk(min(cfg.n_blocks, nb), dim=-1)  # [C, kb]
+    blocks = torch.where(bval > NEG, bidx, -1)
+
+    # stage 2: the tokens of each query's own candidate blocks, [C, S * bs]
+    slots = torch.cat([blocks, forced_slots(qpos, cfg)], 1)  # [C, S]
+    tok = (slots[:, :, None] * bs + torch.arange(bs, device=dev)).flatten(1)  # [C, T]
+    valid = (slots >= 0).repeat_interleave(bs, 1) & (tok <= qp) & (tok < L)
+    forced = (tok < cfg.sink_tokens) | (qp - tok < cfg.local_window) | (tok == qp)
+    tok = torch.where(valid, tok, 0)
+    kg = keys[tok]  # [C, T, d]
+    logits = torch.bmm(qf, kg.float().transpose(1, 2))  # [C, H, T]
+    tscore = torch.bmm(wf[:, None, :], F.relu(logits))[:, 0]  # [C, T]
+    tscore = torch.where(tscore == 0, tok.float() * 1e-30, tscore)  # `_tiebreak`, with per-query positions
+    tscore = tscore.masked_fill(~valid | forced, NEG)
+    tval, tidx = tscore.topk(min(cfg.top_k, tok.shape[1]), dim=-1)
+    picks = torch.where(tval > NEG, tok.gather(1, tidx), -1)
+    return blocks, picks
+
+
+def bitset(picks: torch.Tensor, Lk: int, rows: int) -> torch.Tensor:
+    """picks [C, K] (-1 = none) -> int32 bitset [rows >= C, ceil(Lk / 32) + 4]: bit t % 32 of word t // 32.
+    Padded so FlexAttention's padded tiles never index past it."""
+    C = picks.shape[0]
+    words = -(-Lk // 32) + 4
+    bits = torch.zeros(rows, words, dtype=torch.int32, device=picks.device)
+    ok = picks >= 0
+    p = torch.where(ok, picks, 0)
+    one = torch.ones((), dtype=torch.int32, device=picks.device)
+    val = torch.where(ok, torch.bitwise_left_shift(one, (p % 32).to(torch.int32)), 0)
+    bits[:C].scatter_add_(1, p // 32, val)  # distinct bits of one word add up to their OR
+    return bits
+
+
+def tile_blocks(picks: torch.Tensor, qpos: torch.Tensor, Lk: int, cfg: DSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tile of TILE queries, the KV blocks any of its queries reads: its picks' blocks, the sink blocks, the
+    local-window blocks. -> kv_num_blocks [1, 1, nt] int32, kv_indices [1, 1, nt, nkv] int32 (listed first)."""
+    C = picks.shape[0]
+    nt, nkv = -(-C // TILE), -(-Lk // TILE)
+    diag = (qpos // TILE)[:, None]  # the query's own block (the query attends itself even with no local window)
+    read = torch.cat([torch.where(picks >= 0, picks // TILE, -1), forced_slots(qpos, cfg), diag], 1)  # [C, R]
+    pad = nt * TILE - C
+    read = F.pad(read, (0, 0, 0, pad), value=-1).view(nt, -1)  # [nt, TILE * R]
+    used = torch.zeros(nt, nkv + 1, dtype=torch.bool, device=picks.device)
+    used.scatter_(1, torch.where(read >= 0, read, nkv), True)  # column nkv collects the -1s
+    used = used[:, :nkv]
+    num = used.sum(1, dtype=torch.int32)
+    idx = torch.argsort(used.to(torch.int8), dim=1, descending=True, stable=True).to(torch.int32)
+    return num[None, None], idx[None, None]
+
+
+def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: torch.Tensor, wi: torch.Tensor,
+            keys: torch.Tensor, means: torch.Tensor, qpos: torch.Tensor, cfg: DSAConfig, scaling: float,
+            out: torch.Tensor, phase=None, chunk: int = CHUNK) -> int:
+    """DSA for the queries of one batch row: query [H, Lq, D], key/value [Hkv, Lk, D], qi [Lq, H_I, d_I],
+    wi [Lq, H_I], keys [Lk, d_I], means [nb, d_I], qpos [Lq]; writes out [Lq, H, D]. -> keys read (sum over
+    queries of the tokens each attends; the kernel may visit more inside its tiles). phase(name) is an optional
+    context manager timing "selection" and "attention"."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    Lq, Lk = query.shape[1], key.shape[1]
+    sink, local = cfg.sink_tokens, cfg.local_window
+    phase = phase or (lambda name: contextlib.nullcontext())
+    nread = 0
+    for c0 in range(0, Lq, chunk):
+        c1 = min(c0 + chunk, Lq)
+        C, q0 = c1 - c0, int(qpos[c0])
+        with phase("selection"):
+            _, picks = select_picks(qi[c0:c1], wi[c0:c1], keys, means, qpos[c0:c1], cfg)
+            bits = bitset(picks, Lk + 128, -(-C // 128) * 128)
+            num, idx = tile_blocks(picks, qpos[c0:c1], Lk, cfg)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qp = q_idx + q0
+            word = bits[q_idx, kv_idx // 32]
+            picked = ((word >> (kv_idx % 32)) & 1) == 1
+            forced = (kv_idx < sink) | (qp - kv_idx < local) | (kv_idx == qp)
+            return (kv_idx <= qp) & (picked | forced)
+
+        with phase("attention"):
+            bm = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=(TILE, TILE), mask_mod=mask_mod, seq_lengths=(C, Lk))
+            o = _flex()(query[None, :, c0:c1], key[None], value[None], block_mask=bm, scale=scaling, enable_gqa=True,
+                        kernel_options={"BLOCK_M": TILE, "BLOCK_N": TILE} if query.is_cuda else None)
+            out[c0:c1] = o[0].transpose(0, 1)
+        n_forced = torch.clamp(qpos[c0:c1] + 1, max=sink + max(local, 1))  # sink, local window, itself
+        nread += int(n_forced.sum()) + int((picks >= 0).sum())
+    return nread
