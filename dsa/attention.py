@@ -130,9 +130,10 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
         if done and kernels.usable(query, keys):
             _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
         elif done and flex.usable(query, cfg):
-            _count_keys(state, flex.prefill(query[b, :, :done], key[b], value[b], qi[b, :done], wi[b, :done], keys[b],
-                                            means[b], qpos[:done], cfg, scaling, out[b, :done],
-                                            phase=lambda p: _phase(state, p)))
+            counts = flex.prefill(query[b, :, :done], key[b], value[b], qi[b, :done], wi[b, :done], keys[b], means[b],
+                                  qpos[:done], cfg, scaling, out[b, :done], phase=lambda p: _phase(state, p))
+            for name, n in counts.items():
+                _count_keys(state, n, name)
         else:
             done = 0
         if done == Lq:
@@ -170,10 +171,10 @@ def _gather(cache, layer: int, b: int, tokens: torch.Tensor, key: torch.Tensor, 
     return key[b][:, tokens], value[b][:, tokens]
 
 
-def _count_keys(state: DSAState, n: int | torch.Tensor) -> None:
-    """Keys read (for the benchmark's bytes-per-token), when profiling."""
+def _count_keys(state: DSAState, n: int | torch.Tensor, name: str = "keys_read") -> None:
+    """Keys read (for the benchmark's bytes-per-token), or tiles visited by the GPU path, when profiling."""
     if state.timings is not None:
-        state.timings["keys_read"] = state.timings.get("keys_read", 0) + int(n)
+        state.timings[name] = state.timings.get(name, 0) + int(n)
 
 
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:

@@ -137,27 +137,28 @@ def tile_blocks(picks: torch.Tensor, qpos: torch.Tensor, Lk: int, cfg: DSAConfig
 
 def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: torch.Tensor, wi: torch.Tensor,
             keys: torch.Tensor, means: torch.Tensor, qpos: torch.Tensor, cfg: DSAConfig, scaling: float,
-            out: torch.Tensor, phase=None, chunk: int = CHUNK) -> int:
+            out: torch.Tensor, phase=None, chunk: int = CHUNK) -> dict[str, int]:
     """DSA for the queries of one batch row: query [H, Lq, D], key/value [Hkv, Lk, D], qi [Lq, H_I, d_I],
-    wi [Lq, H_I], keys [Lk, d_I], means [nb, d_I], qpos [Lq]; writes out [Lq, H, D]. -> keys read (sum over
-    queries of the tokens each attends; the kernel may visit more inside its tiles). phase(name) is an optional
-    context manager timing "selection" and "attention"."""
+    wi [Lq, H_I], keys [Lk, d_I], means [nb, d_I], qpos [Lq]; writes out [Lq, H, D]. phase(name) is an optional
+    context manager timing "selection" and "attention". -> counts: "keys_read" (tokens the queries attend),
+    "tiles" (64 x 64 tiles the kernel visits) and "tiles_causal" (those dense causal attention visits)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     Lq, Lk = query.shape[1], key.shape[1]
     sink, local = cfg.sink_tokens, cfg.local_window
     phase = phase or (lambda name: contextlib.nullcontext())
-    nread = 0
+    counts = {"keys_read": 0, "tiles": 0, "tiles_causal": 0}
     for c0 in range(0, Lq, chunk):
         c1 = min(c0 + chunk, Lq)
-        C, q0 = c1 - c0, int(qpos[c0])
+        C = c1 - c0
+        q0t = qpos[c0]  # a tensor, not an int: a captured int would recompile the kernel per chunk
         with phase("selection"):
             _, picks = select_picks(qi[c0:c1], wi[c0:c1], keys, means, qpos[c0:c1], cfg)
             bits = bitset(picks, Lk + 128, -(-C // 128) * 128)
             num, idx = tile_blocks(picks, qpos[c0:c1], Lk, cfg)
 
         def mask_mod(b, h, q_idx, kv_idx):
-            qp = q_idx + q0
+            qp = q_idx + q0t
             word = bits[q_idx, kv_idx // 32]
             picked = ((word >> (kv_idx % 32)) & 1) == 1
             forced = (kv_idx < sink) | (qp - kv_idx < local) | (kv_idx == qp)
@@ -169,5 +170,8 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
                         kernel_options={"BLOCK_M": TILE, "BLOCK_N": TILE} if query.is_cuda else None)
             out[c0:c1] = o[0].transpose(0, 1)
         n_forced = torch.clamp(qpos[c0:c1] + 1, max=sink + max(local, 1))  # sink, local window, itself
-        nread += int(n_forced.sum()) + int((picks >= 0).sum())
-    return nread
+        counts["keys_read"] += int(n_forced.sum()) + int((picks >= 0).sum())
+        counts["tiles"] += int(num.sum())
+        last = qpos[c0:c1][torch.clamp(torch.arange(TILE - 1, C + TILE - 1, TILE, device=qpos.device), max=C - 1)]
+        counts["tiles_causal"] += int((torch.div(last, TILE, rounding_mode="floor") + 1).sum())  # per query tile
+    return counts
