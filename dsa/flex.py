@@ -22,6 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import triton_select
 from .config import DSAConfig
 from .select import NEG, _tiebreak
 
@@ -90,19 +91,30 @@ def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
 
     # stage 2: the tokens of each query's own candidate blocks, [C, S * bs]
     slots = torch.cat([blocks, forced_slots(qpos, cfg)], 1)  # [C, S]
-    tok = (slots[:, :, None] * bs + torch.arange(bs, device=dev)).flatten(1)  # [C, T]
+    if triton_select.available(keys) and os.environ.get("DSA_TRITON", "1") != "0":
+        tscore = triton_select.stage2_scores(q, wf, keys, slots, qpos, bs, cfg.sink_tokens, cfg.local_window)
+    else:
+        tscore = _stage2_torch(qf, wf, keys, slots, qpos, cfg)
+    tval, tidx = tscore.topk(min(cfg.top_k, tscore.shape[1]), dim=-1)
+    picks = slots.gather(1, tidx // bs) * bs + tidx % bs
+    return blocks, torch.where(tval > NEG, picks, -1)
+
+
+def _stage2_torch(qf: torch.Tensor, wf: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, qpos: torch.Tensor,
+                  cfg: DSAConfig) -> torch.Tensor:
+    """Scores [C, S * bs] of the slots' tokens, -inf where not a candidate (see `triton_select` for the GPU)."""
+    L, bs, d = keys.shape[0], cfg.block_size, keys.shape[1]
+    nb = -(-L // bs)
+    qp = qpos[:, None]
+    tok = (slots[:, :, None] * bs + torch.arange(bs, device=keys.device)).flatten(1)  # [C, T]
     valid = (slots >= 0).repeat_interleave(bs, 1) & (tok <= qp) & (tok < L)
     forced = (tok < cfg.sink_tokens) | (qp - tok < cfg.local_window) | (tok == qp)
-    tok = torch.where(valid, tok, 0)
     kblocks = F.pad(keys.float(), (0, 0, 0, nb * bs - L)).view(nb, bs, d)
     kg = kblocks[slots.clamp(min=0)].view(len(qpos), -1, d)  # [C, T, d]: whole 64-key rows (a token gather is 10x slower)
     logits = torch.bmm(qf, kg.transpose(1, 2))  # [C, H, T]
     tscore = torch.bmm(wf[:, None, :], F.relu(logits))[:, 0]  # [C, T]
     tscore = torch.where(tscore == 0, tok.float() * 1e-30, tscore)  # `_tiebreak`, with per-query positions
-    tscore = tscore.masked_fill(~valid | forced, NEG)
-    tval, tidx = tscore.topk(min(cfg.top_k, tok.shape[1]), dim=-1)
-    picks = torch.where(tval > NEG, tok.gather(1, tidx), -1)
-    return blocks, picks
+    return tscore.masked_fill(~valid | forced, NEG)
 
 
 def picked_mask(picks: torch.Tensor, Lk: int, rows: int) -> torch.Tensor:

@@ -112,3 +112,20 @@ def test_compiled_flex_on_gpu_equals_masked_sdpa():
     assert bad <= L // 1000  # a rare near-tie may pick differently (scores summed in another order)
     assert counts["keys_read"] == int(mask.sum())
     assert counts["tiles"] < counts["tiles_causal"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton)")
+def test_triton_stage2_scores_equal_torch():
+    """The Triton stage-2 kernel scores and masks every candidate token as the PyTorch ops do."""
+    from dsa import triton_select
+    L = 4100
+    cfg = cfg64(n_blocks=8, top_k=128, sink_tokens=70, local_window=100)
+    qi, wi, keys, means = (t.cuda() for t in _inputs(L, cfg, 5))
+    qpos = torch.arange(L, device="cuda")
+    blocks, _ = flex.select_picks(qi, wi, keys, means, qpos, cfg)
+    slots = torch.cat([blocks, flex.forced_slots(qpos, cfg)], 1)
+    ref = flex._stage2_torch(qi.float(), wi.float(), keys, slots, qpos, cfg)
+    got = triton_select.stage2_scores(qi, wi, keys, slots, qpos, 64, cfg.sink_tokens, cfg.local_window)
+    fin = torch.isfinite(ref)
+    assert (fin == torch.isfinite(got)).all()
+    assert torch.allclose(got[fin], ref[fin], atol=1e-4, rtol=1e-4)

@@ -1,0 +1,59 @@
+"""Stage 2's token scores on a GPU in one Triton kernel (used by `dsa.flex` when Triton is present).
+
+Why: in PyTorch ops, stage 2 materialises every query's candidate keys ([C, slots x 64, d] fp32, 4.5 GB
+for 8,192 queries) and walks [C, slots x 64] tensors a dozen times; that was 10 ms of a 128k-token chunk's
+selection on an H200. Here one program scores one query's 64 tokens of one candidate block, reading the
+block's keys straight from the indexer key cache (neighbouring queries share blocks, so mostly from L2).
+Scores, masking and the recency tie-break are those of `flex._stage2_torch`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs: torch's CPU wheel does not bring Triton
+    triton = None
+
+
+def available(keys: torch.Tensor) -> bool:
+    d = keys.shape[-1]
+    return triton is not None and keys.is_cuda and d >= 16 and d & (d - 1) == 0
+
+
+if triton is not None:
+
+    @triton.jit
+    def _scores_kernel(q_ptr, w_ptr, k_ptr, slot_ptr, qpos_ptr, out_ptr, L, S, sink, local,
+                       H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
+        c = tl.program_id(0)
+        s = tl.program_id(1)
+        blk = tl.load(slot_ptr + c * S + s)
+        qp = tl.load(qpos_ptr + c)
+        t = blk * BS + tl.arange(0, BS)  # [BS] token positions
+        valid = (blk >= 0) & (t <= qp) & (t < L)
+        dd = tl.arange(0, D)
+        k = tl.load(k_ptr + t[:, None] * D + dd[None, :], mask=valid[:, None], other=0.0).to(tl.float32)  # [BS, D]
+        acc = tl.zeros([BS], dtype=tl.float32)
+        for h in tl.static_range(H):
+            qh = tl.load(q_ptr + (c * H + h) * D + dd).to(tl.float32)  # [D]
+            logit = tl.sum(k * qh[None, :], axis=1)  # [BS]
+            acc += tl.load(w_ptr + c * H + h) * tl.maximum(logit, 0.0)
+        acc = tl.where(acc == 0.0, t.to(tl.float32) * 1e-30, acc)
+        forced = (t < sink) | (qp - t < local) | (t == qp)
+        acc = tl.where(valid & (forced == 0), acc, float("-inf"))
+        tl.store(out_ptr + c * S * BS + s * BS + tl.arange(0, BS), acc)
+
+
+def stage2_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, qpos: torch.Tensor,
+                  block_size: int, sink: int, local: int) -> torch.Tensor:
+    """q [C, H, d], w [C, H] fp32, keys [L, d], slots [C, S] (-1 = none), qpos [C] -> scores [C, S * block_size]
+    fp32, -inf where a token is not a candidate (not causal, forced, or an empty slot)."""
+    C, H, D = q.shape
+    S = slots.shape[1]
+    out = torch.empty(C, S * block_size, device=q.device, dtype=torch.float32)
+    _scores_kernel[(C, S)](q.contiguous(), w.float().contiguous(), keys.contiguous(), slots.contiguous(),
+                           qpos.contiguous(), out, keys.shape[0], S, sink, local, H=H, D=D, BS=block_size)
+    return out
