@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import triton_select
 from .config import DSAConfig
-from .select import NEG, _tiebreak
+from .select import NEG, _tiebreak, stage1
 
 TILE = 64  # queries per FlexAttention tile and keys per KV tile (= the excerpt block size it supports)
 CHUNK = 8192  # queries selected at once: stage 2 holds [CHUNK, slots * 64, d] gathered keys
@@ -72,21 +72,9 @@ def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
     """Both stages for a chunk: q [C, H, d], w [C, H], keys [L, d], block_means [nb, d], qpos [C].
     -> kept blocks [C, n_blocks] (-1 = none) and picked tokens [C, top_k] (-1 = none); the forced tokens
     (sink, local window, the query itself) are implied, as in `select_chunk`."""
-    L, bs, d = keys.shape[0], cfg.block_size, keys.shape[1]
-    nb = block_means.shape[0]
-    dev = keys.device
-    qp = qpos[:, None]  # [C, 1]
+    bs = cfg.block_size
     qf, wf = q.float(), w.float()
-
-    # stage 1: excerpts (sink blocks and local blocks are forced, never competing)
-    bstart = torch.arange(nb, device=dev) * bs
-    bend = torch.clamp(bstart + bs, max=L) - 1
-    causal_b = bstart[None, :] <= qp  # [C, nb]
-    local_lo = torch.clamp(qp - max(cfg.local_window, 1) + 1, min=0)
-    forced_b = ((bstart[None, :] < cfg.sink_tokens) | (bend[None, :] >= local_lo)) & causal_b
-    bscore = torch.einsum("chn,ch->cn", F.relu(torch.einsum("chd,nd->chn", qf, block_means.float())), wf)
-    bscore = _tiebreak(bscore, bstart).masked_fill(~causal_b | forced_b, NEG)
-    bval, bidx = bscore.topk(min(cfg.n_blocks, nb), dim=-1)  # [C, kb]
+    _, bval, bidx = stage1(q, w, block_means, qpos, keys.shape[0], cfg)  # excerpts (as select_chunk)
     blocks = torch.where(bval > NEG, bidx, -1)
 
     # stage 2: the tokens of each query's own candidate blocks, [C, S * bs]
@@ -113,8 +101,7 @@ def _stage2_torch(qf: torch.Tensor, wf: torch.Tensor, keys: torch.Tensor, slots:
     kg = kblocks[slots.clamp(min=0)].view(len(qpos), -1, d)  # [C, T, d]: whole 64-key rows (a token gather is 10x slower)
     logits = torch.bmm(qf, kg.transpose(1, 2))  # [C, H, T]
     tscore = torch.bmm(wf[:, None, :], F.relu(logits))[:, 0]  # [C, T]
-    tscore = torch.where(tscore == 0, tok.float() * 1e-30, tscore)  # `_tiebreak`, with per-query positions
-    return tscore.masked_fill(~valid | forced, NEG)
+    return _tiebreak(tscore, tok).masked_fill(~valid | forced, NEG)
 
 
 def picked_mask(picks: torch.Tensor, Lk: int, rows: int) -> torch.Tensor:

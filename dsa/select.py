@@ -39,28 +39,37 @@ def _tiebreak(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Order exact ties by recency, so a selection never depends on how the queries were chunked:
     prefill-then-decode and recompute-from-scratch pick the same keys. The ties that occur are exact
     zeros (every head's ReLU is off); they become pos * 1e-30, still below any real positive score and
-    above any negative one, and distinct (float32 keeps 1e-30 * pos exactly ordered)."""
-    return torch.where(scores == 0, pos.float()[None, :] * 1e-30, scores)
+    above any negative one, and distinct (float32 keeps 1e-30 * pos exactly ordered).
+    pos: [T] shared by every query, or [C, T] per query."""
+    return torch.where(scores == 0, (pos.float() if pos.dim() == 2 else pos.float()[None, :]) * 1e-30, scores)
+
+
+def stage1(q: torch.Tensor, w: torch.Tensor, block_means: torch.Tensor, qpos: torch.Tensor, L: int,
+           cfg: DSAConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Excerpts: q [C, H, d], w [C, H], block_means [nb, d], qpos [C], L keys. -> forced [C, nb] (sink blocks and
+    the blocks reaching into the local window, never competing), and the top `n_blocks` of the other causal
+    blocks: bval, bidx [C, kb] (bval -inf where top-k had to return a masked block)."""
+    nb, bs = block_means.shape[0], cfg.block_size
+    bstart = torch.arange(nb, device=qpos.device) * bs  # [nb]
+    bend = torch.clamp(bstart + bs, max=L) - 1  # last position inside each block
+    qp = qpos[:, None]  # [C, 1]
+    causal_b = bstart[None, :] <= qp  # [C, nb]
+    local_lo = torch.clamp(qp - max(cfg.local_window, 1) + 1, min=0)  # the query's own block, even with no window
+    forced_b = ((bstart[None, :] < cfg.sink_tokens) | (bend[None, :] >= local_lo)) & causal_b
+    bscore = _tiebreak(_scores(q, w, block_means), bstart).masked_fill(~causal_b | forced_b, NEG)  # [C, nb]
+    bval, bidx = bscore.topk(min(cfg.n_blocks, nb), dim=-1)  # [C, kb]
+    return forced_b, bval, bidx
 
 
 def select_chunk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor,
                  qpos: torch.Tensor, cfg: DSAConfig) -> ChunkSelection:
     """q [C, H, d], w [C, H], keys [L, d], block_means [nb, d], qpos [C] absolute query positions."""
     L, bs = keys.shape[0], cfg.block_size
-    nb = block_means.shape[0]
     dev = keys.device
-    bstart = torch.arange(nb, device=dev) * bs  # [nb]
-    bend = torch.clamp(bstart + bs, max=L) - 1  # last position inside each block
     qp = qpos[:, None]  # [C, 1]
 
     # stage 1: excerpts
-    causal_b = bstart[None, :] <= qp  # [C, nb]
-    local_lo = torch.clamp(qp - max(cfg.local_window, 1) + 1, min=0)  # the query's own block, even with no window
-    forced_b = (bstart[None, :] < cfg.sink_tokens) | ((bend[None, :] >= local_lo) & causal_b)
-    forced_b &= causal_b
-    bscore = _tiebreak(_scores(q, w, block_means), bstart).masked_fill(~causal_b | forced_b, NEG)  # [C, nb]
-    kb = min(cfg.n_blocks, nb)
-    bval, bidx = bscore.topk(kb, dim=-1)  # [C, kb]
+    forced_b, bval, bidx = stage1(q, w, block_means, qpos, L, cfg)
     bok = bval > NEG  # re-apply the mask: top-k returns masked blocks when few are valid
     cand_b = forced_b.clone()
     cand_b.scatter_(1, bidx, bok | cand_b.gather(1, bidx))
