@@ -40,19 +40,29 @@ def _cpu_id() -> str:
     return "\n".join(keep)
 
 
-def _build() -> ctypes.CDLL:
+def _compile(flags: list[str]) -> Path:
     src = SRC.read_bytes()
-    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
+    key = hashlib.sha256(src + " ".join(flags).encode() + _cpu_id().encode()).hexdigest()[:16]
     root = Path(os.environ.get("DSA_KERNEL_DIR") or Path.home() / ".cache" / "dsa" / "kernels")
     so = root / f"select_attend-{key}.so"
     if not so.exists():
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root) as tmp:  # build aside, then rename: never a half-written .so
             out = Path(tmp) / so.name
-            r = subprocess.run(["g++", *FLAGS, str(SRC), "-o", str(out)], capture_output=True, text=True)
+            r = subprocess.run(["g++", *flags, str(SRC), "-o", str(out)], capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(r.stderr.strip()[-500:])
             os.replace(out, so)
+    return so
+
+
+def _build() -> ctypes.CDLL:
+    # With OpenMP the kernel splits a decode step's single query over PyTorch's own OpenMP threads (the .so
+    # binds to the libgomp.so.1 torch has loaded); without it, decode runs on one thread.
+    try:
+        so = _compile(FLAGS + ["-fopenmp"])
+    except RuntimeError:
+        so = _compile(FLAGS)
     lib = ctypes.CDLL(str(so))
     fn = lib.dsa_select_attend
     fn.restype = _int
@@ -86,9 +96,10 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means: torch.Tensor, qpos: torch.Tensor,
                   query: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, cfg, scaling: float,
-                  out: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
+                  out: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, tuple[float, float]]:
     """Both stages and the attention for C queries of one batch row; writes `out` [C, H, D] and returns the
     number of keys each query read [C] and the (selection, attention) seconds summed over threads.
+    threads (default torch's): many queries go one per thread; fewer than 8 split each query's work.
 
     qi [C, H_I, d_I], wi [C, H_I], keys [L, d_I] (rows contiguous), means [nb, d_I], qpos [C] long,
     query [C, H, D], kbuf / vbuf [Hkv, cap, D] (positions < L filled), out [C, H, D] contiguous."""
@@ -105,5 +116,5 @@ def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means:
     _lib.dsa_select_attend(C, qi.data_ptr(), wi.data_ptr(), keys.data_ptr(), means.data_ptr(), means.shape[0],
                            qpos.data_ptr(), query.data_ptr(), kbuf.data_ptr(), vbuf.data_ptr(), kbuf.shape[1],
                            out.data_ptr(), nread.data_ptr(), phase, HI, DI, H, Hkv, D, cfg.block_size, cfg.n_blocks,
-                           cfg.top_k, cfg.sink_tokens, cfg.local_window, float(scaling), torch.get_num_threads())
+                           cfg.top_k, cfg.sink_tokens, cfg.local_window, float(scaling), threads or torch.get_num_threads())
     return nread, (phase[0], phase[1])

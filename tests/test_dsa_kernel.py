@@ -56,8 +56,9 @@ def test_kernel_matches_torch_path_prefill_and_decode(family, monkeypatch):
     assert not torch.allclose(run(), ref, atol=1e-3)  # the comparison can fail: sparse differs from dense here
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("L", [40, 130, 200, 1000, 1537])
-def test_kernel_selects_what_select_chunk_selects(L):
+def test_kernel_selects_what_select_chunk_selects(L, threads):
     """Per query (early positions where sink and local window overlap, and late ones), the kernel attends the
     same keys as select_chunk: with one-hot values, its output reveals the attention weights per key."""
     torch.manual_seed(L)
@@ -72,7 +73,7 @@ def test_kernel_selects_what_select_chunk_selects(L):
     vbuf[:, torch.arange(L + 7), torch.arange(L + 7)] = 1
     out = torch.empty(C, H, L + 7)
     nread, _ = kernels.select_attend(qi, wi, keys, means, qpos, torch.randn(C, H, L + 7),
-                                     torch.randn(HKV, L + 7, L + 7), vbuf, cfg, 0.25, out)
+                                     torch.randn(HKV, L + 7, L + 7), vbuf, cfg, 0.25, out, threads=threads)
     for c in range(C):
         qp = int(qpos[c])
         sel = select_chunk(qi[c : c + 1], wi[c : c + 1], keys[: qp + 1], means, qpos[c : c + 1], cfg)
@@ -82,8 +83,9 @@ def test_kernel_selects_what_select_chunk_selects(L):
         assert int(nread[c]) == len(want)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("DI,D", [(32, 64), (64, 128), (16, 48)])
-def test_kernel_attention_matches_sdpa(DI, D):
+def test_kernel_attention_matches_sdpa(DI, D, threads):
     """The unrolled shapes of real models (and a generic one): output = SDPA over select_chunk's keys."""
     torch.manual_seed(DI + D)
     cfg = small(index_dim=DI, rope_dim=16, top_k=64, n_blocks=8)
@@ -95,7 +97,8 @@ def test_kernel_attention_matches_sdpa(DI, D):
     qi, wi, query = torch.randn(C, cfg.index_heads, DI), torch.randn(C, cfg.index_heads), torch.randn(C, H, D)
     kbuf, vbuf = torch.randn(HKV, L, D), torch.randn(HKV, L, D)
     out = torch.empty(C, H, D)
-    kernels.select_attend(qi, wi, keys, means, qpos, query, kbuf, vbuf, cfg, D**-0.5, out)
+    # 3 queries: each query's selection and attention split over `threads` (as in decode), then merged
+    kernels.select_attend(qi, wi, keys, means, qpos, query, kbuf, vbuf, cfg, D**-0.5, out, threads=threads)
     for c in range(C):
         sel = select_chunk(qi[c : c + 1], wi[c : c + 1], keys[: int(qpos[c]) + 1], means, qpos[c : c + 1], cfg)
         t = sel.tokens[sel.mask[0]]

@@ -15,6 +15,9 @@
 #include <functional>
 #include <thread>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -65,10 +68,12 @@ inline void prefetch_row(const float* base, const int64_t* t, int64_t i, int64_t
     }
 }
 
-// KV head g's G query heads over the attended positions t: one pass over the K rows, one over the V rows
+// KV head g's G query heads over the attended positions t[0, T): one pass over the K rows, one over the V
+// rows. Writes the unnormalised output exp(s - m) . V to out [G, n] and the max m / sum of exp(s - m) per
+// head to mx / sum [G], so that parts of a query's keys attended by different threads can be merged.
 template <int D>
 void attend_group(const float* q, const float* k, const float* v, const int64_t* t, int64_t T, int G, int dn,
-                  float scaling, float* p, float* out) {
+                  float scaling, float* p, float* out, float* mx, float* sum) {
     const int n = D > 0 ? D : dn;
     for (int64_t i = 0; i < T; ++i) {
         prefetch_row(k, t, i, T, n);
@@ -77,11 +82,11 @@ void attend_group(const float* q, const float* k, const float* v, const int64_t*
     }
     for (int j = 0; j < G; ++j) {
         float* pj = p + j * T;
-        const float mx = *std::max_element(pj, pj + T);
-        float sum = 0.f;
-        for (int64_t i = 0; i < T; ++i) { pj[i] = std::exp(pj[i] - mx); sum += pj[i]; }
-        const float inv = 1.f / sum;
-        for (int64_t i = 0; i < T; ++i) pj[i] *= inv;
+        const float m = T ? *std::max_element(pj, pj + T) : 0.f;  // an empty part has sum 0: the merge skips it
+        float s = 0.f;
+        for (int64_t i = 0; i < T; ++i) { pj[i] = std::exp(pj[i] - m); s += pj[i]; }
+        mx[j] = m;
+        sum[j] = s;
     }
     std::fill(out, out + G * n, 0.f);
     for (int64_t i = 0; i < T; ++i) {
@@ -95,18 +100,39 @@ void attend_group(const float* q, const float* k, const float* v, const int64_t*
     }
 }
 
+// f(part, lo, hi) over [0, n) cut into `parts` ranges, the caller's thread taking part 0. A decode step has a
+// single query: splitting its work over two cores doubles the cache misses in flight, which bound it.
+template <class F>
+void parallel_ranges(int64_t n, int parts, const F& f) {
+    if (parts <= 1) { f(0, 0, n); return; }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(parts)
+    {
+        const int i = omp_get_thread_num(), k = omp_get_num_threads();
+        f(i, n * i / k, n * (i + 1) / k);
+    }
+#else
+    std::vector<std::thread> pool;
+    for (int i = 1; i < parts; ++i) pool.emplace_back(f, i, n * i / parts, n * (i + 1) / parts);
+    f(0, 0, n / parts);
+    for (auto& th : pool) th.join();
+#endif
+}
+
 using Clock = std::chrono::steady_clock;
 
-struct Scratch {  // per-thread buffers reused across queries
-    std::vector<float> bscore, cscore, p, tmp;
-    std::vector<int64_t> blocks, attend;
+struct Scratch {  // per-query buffers, reused across the queries of a thread
+    std::vector<float> bscore, cscore, tmp, part;  // part: per split, per head: [G * n out | m | sum]
+    std::vector<std::vector<float>> p;  // per split: attention probabilities [G * T]
+    std::vector<int64_t> blocks, attend, cand;
     std::vector<char> forced, keep;
     double select_s = 0, attend_s = 0;
 };
 
+// Selection and attention for query c; `parts` > 1 splits the scoring loops and the attended keys over that
+// many threads (decode), 1 keeps the query on the calling thread (prefill spreads queries over threads).
 template <int DI, int D>
-void one_query(const Args& a, int64_t c, Scratch& s) {
-    auto& [bscore, cscore, p, tmp, blocks, attend, forced, keep, select_s, attend_s] = s;
+void one_query(const Args& a, int64_t c, Scratch& s, int parts) {
     const auto t0 = Clock::now();
     const int64_t qp = a.qpos[c];
     const float* q = a.qi + c * a.HI * a.DI;
@@ -117,55 +143,92 @@ void one_query(const Args& a, int64_t c, Scratch& s) {
     const int64_t fl = local_lo / bs;
 
     // stage 1: free blocks [ns, fl) are all full and before the local window
+    auto& blocks = s.blocks;
     blocks.clear();
     for (int64_t b = 0; b < std::min(ns, qb + 1); ++b) blocks.push_back(b);
     if (fl > ns) {
         const int64_t nfree = fl - ns;
-        bscore.resize(nfree);
-        for (int64_t b = ns; b < fl; ++b)
-            bscore[b - ns] = index_score<DI>(q, w, a.means + b * a.DI, a.HI, a.DI, b * bs);
+        s.bscore.resize(nfree);
+        parallel_ranges(nfree, parts, [&](int, int64_t lo, int64_t hi) {
+            for (int64_t i = lo; i < hi; ++i)
+                s.bscore[i] = index_score<DI>(q, w, a.means + (ns + i) * a.DI, a.HI, a.DI, (ns + i) * bs);
+        });
         if (nfree > a.n_blocks) {
-            top_mask(bscore, a.n_blocks, tmp, keep);
+            top_mask(s.bscore, a.n_blocks, s.tmp, s.keep);
             for (int64_t b = ns; b < fl; ++b)
-                if (keep[b - ns]) blocks.push_back(b);
+                if (s.keep[b - ns]) blocks.push_back(b);
         } else {
             for (int64_t b = ns; b < fl; ++b) blocks.push_back(b);
         }
     }
     for (int64_t b = std::max(fl, std::min(ns, qb + 1)); b <= qb; ++b) blocks.push_back(b);
 
-    // stage 2: every causal token of those blocks, forced or candidate, in position order
-    cscore.clear(); attend.clear(); forced.clear();
+    // stage 2: every causal token of those blocks, forced or candidate, in position order; candidates scored
+    auto& attend = s.attend;
+    attend.clear(); s.forced.clear(); s.cand.clear();
     for (int64_t b : blocks) {
         for (int64_t t = b * bs; t < std::min((b + 1) * bs, qp + 1); ++t) {
             const bool f = t < a.sink || qp - t < a.local || t == qp;
             attend.push_back(t);
-            forced.push_back(f);
-            if (!f) cscore.push_back(index_score<DI>(q, w, a.keys + t * a.DI, a.HI, a.DI, t));
+            s.forced.push_back(f);
+            if (!f) s.cand.push_back(t);
         }
     }
-    if (static_cast<int64_t>(cscore.size()) > a.top_k) {  // drop the candidates outside the top_k
-        top_mask(cscore, a.top_k, tmp, keep);
+    const int64_t nc = static_cast<int64_t>(s.cand.size());
+    s.cscore.resize(nc);
+    parallel_ranges(nc, parts, [&](int, int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i)
+            s.cscore[i] = index_score<DI>(q, w, a.keys + s.cand[i] * a.DI, a.HI, a.DI, s.cand[i]);
+    });
+    if (nc > a.top_k) {  // drop the candidates outside the top_k
+        top_mask(s.cscore, a.top_k, s.tmp, s.keep);
         size_t ci = 0, n = 0;
         for (size_t i = 0; i < attend.size(); ++i) {
-            if (forced[i] || keep[ci]) attend[n++] = attend[i];
-            if (!forced[i]) ++ci;
+            if (s.forced[i] || s.keep[ci]) attend[n++] = attend[i];
+            if (!s.forced[i]) ++ci;
         }
         attend.resize(n);
     }
 
     const auto t1 = Clock::now();
-    select_s += std::chrono::duration<double>(t1 - t0).count();
+    s.select_s += std::chrono::duration<double>(t1 - t0).count();
 
-    // sparse attention: query head h reads KV head h / G at the attended positions
-    const int G = a.H / a.HKV, Dn = D > 0 ? D : a.D;
-    const int64_t T = static_cast<int64_t>(attend.size());
+    // sparse attention: query head h reads KV head h / G at the attended positions; split k of `parts`
+    // attends attend[lo, hi) for every KV head, and the splits are merged with their softmax max and sum
+    const int G = a.H / a.HKV, n = D > 0 ? D : a.D;
+    const int64_t T = static_cast<int64_t>(attend.size()), stride = G * n + 2 * G;
     a.nread[c] = T;
-    p.resize(static_cast<size_t>(G) * T);
-    for (int g = 0; g < a.HKV; ++g)
-        attend_group<D>(a.query + (c * a.H + g * G) * Dn, a.kbuf + g * a.cap * Dn, a.vbuf + g * a.cap * Dn,
-                        attend.data(), T, G, Dn, a.scaling, p.data(), a.out + (c * a.H + g * G) * Dn);
-    attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
+    s.p.resize(parts);
+    s.part.resize(static_cast<size_t>(parts) * a.HKV * stride);
+    parallel_ranges(T, parts, [&](int k, int64_t lo, int64_t hi) {
+        s.p[k].resize(static_cast<size_t>(G) * (hi - lo));
+        for (int g = 0; g < a.HKV; ++g) {
+            float* r = s.part.data() + (static_cast<size_t>(k) * a.HKV + g) * stride;
+            attend_group<D>(a.query + (c * a.H + g * G) * n, a.kbuf + g * a.cap * n, a.vbuf + g * a.cap * n,
+                            attend.data() + lo, hi - lo, G, n, a.scaling, s.p[k].data(), r, r + G * n, r + G * n + G);
+        }
+    });
+    for (int g = 0; g < a.HKV; ++g) {
+        for (int j = 0; j < G; ++j) {
+            float m = -3.0e38f, den = 0.f;
+            for (int k = 0; k < parts; ++k) {
+                const float* r = s.part.data() + (static_cast<size_t>(k) * a.HKV + g) * stride;
+                if (r[G * n + G + j] > 0.f) m = std::max(m, r[G * n + j]);
+            }
+            float* o = a.out + (c * a.H + g * G + j) * n;
+            std::fill(o, o + n, 0.f);
+            for (int k = 0; k < parts; ++k) {
+                const float* r = s.part.data() + (static_cast<size_t>(k) * a.HKV + g) * stride;
+                if (r[G * n + G + j] == 0.f) continue;  // an empty split
+                const float e = parts == 1 ? 1.f : std::exp(r[G * n + j] - m);
+                den += e * r[G * n + G + j];
+                for (int d = 0; d < n; ++d) o[d] += e * r[j * n + d];
+            }
+            const float inv = 1.f / den;
+            for (int d = 0; d < n; ++d) o[d] *= inv;
+        }
+    }
+    s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
 }
 
 }  // namespace
@@ -178,21 +241,21 @@ extern "C" int dsa_select_attend(
     int sink, int local, float scaling, int threads) {
     Args a{qi, wi, keys, means, qpos, query, kbuf, vbuf, out, nread, phase_s, cap, nb,
            HI, DI, H, HKV, D, bs, n_blocks, top_k, sink, local, scaling};
-    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, C / 8));
-    std::vector<Scratch> scratch(nt);
-    void (*fn)(const Args&, int64_t, Scratch&) =  // shapes of the supported models, unrolled; others generic
+    void (*fn)(const Args&, int64_t, Scratch&, int) =  // shapes of the supported models, unrolled; others generic
         DI == 32 && D == 64 ? one_query<32, 64> : DI == 64 && D == 64 ? one_query<64, 64>
         : DI == 32 && D == 128 ? one_query<32, 128> : DI == 64 && D == 128 ? one_query<64, 128> : one_query<0, 0>;
-    auto work = [&a, &scratch, nt, C, fn](int64_t t) {  // interleaved: later queries have more candidates
-        for (int64_t c = t; c < C; c += nt) fn(a, c, scratch[t]);
-    };
-    if (nt == 1) {
-        work(0);
-    } else {
-        std::vector<std::thread> pool;
-        for (int64_t t = 0; t < nt; ++t) pool.emplace_back(work, t);
-        for (auto& th : pool) th.join();
-    }
+    // many queries (prefill): one thread per query, interleaved as later queries have more candidates;
+    // a few (decode): each query's work split over the threads
+    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, C / 8));
+#ifdef _OPENMP
+    const int parts = nt == 1 ? std::max(1, threads) : 1;  // OpenMP's pool: waking it costs microseconds
+#else
+    const int parts = 1;  // a thread per split would cost more to start than it saves
+#endif
+    std::vector<Scratch> scratch(nt);
+    parallel_ranges(nt, static_cast<int>(nt), [&](int t, int64_t, int64_t) {
+        for (int64_t c = t; c < C; c += nt) fn(a, c, scratch[t], parts);
+    });
     if (phase_s) {
         for (const auto& sc : scratch) { phase_s[0] += sc.select_s; phase_s[1] += sc.attend_s; }
     }
