@@ -26,6 +26,7 @@ SRC = Path(__file__).with_name("csrc") / "select_attend.cpp"
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
 _error = ""
+_openmp = False  # built with OpenMP: decode steps split over threads
 
 _i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _ptr = ctypes.c_void_p
@@ -59,11 +60,11 @@ def _compile(flags: list[str]) -> Path:
 def _build() -> ctypes.CDLL:
     # With OpenMP the kernel splits a decode step's single query over PyTorch's own OpenMP threads (the .so
     # binds to the libgomp.so.1 torch has loaded); without it, decode runs on one thread.
-    try:
-        so = _compile(FLAGS + ["-fopenmp"])
-    except RuntimeError:
-        so = _compile(FLAGS)
-    lib = ctypes.CDLL(str(so))
+    global _openmp
+    try:  # a libgomp older than the compiler's would fail to load: then the build without OpenMP
+        lib, _openmp = ctypes.CDLL(str(_compile(FLAGS + ["-fopenmp"]))), True
+    except (RuntimeError, OSError):
+        lib, _openmp = ctypes.CDLL(str(_compile(FLAGS))), False
     fn = lib.dsa_select_attend
     fn.restype = _int
     fn.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
@@ -82,6 +83,11 @@ def available() -> bool:
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _lib, _error = None, f"{type(e).__name__}: {e}"
     return _lib is not None
+
+
+def openmp() -> bool:
+    """True when the loaded kernel was built with OpenMP (a decode step's query is split over threads)."""
+    return available() and _openmp
 
 
 def build_error() -> str:
