@@ -13,6 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <functional>
 #include <thread>
 #include <vector>
@@ -44,6 +47,62 @@ inline float index_score(const float* q, const float* w, const float* k, int HI,
     float s = 0.f;
     for (int h = 0; h < HI; ++h) s += w[h] * std::max(dot<DI>(q + h * di, k, di), 0.f);
     return s == 0.f ? static_cast<float>(pos) * 1e-30f : s;
+}
+
+#if defined(__AVX512F__)
+// lane i of the result = the sum of v[i]'s 16 lanes, by the same addition tree for every i (so a token's
+// score does not depend on which lane it was computed in)
+inline __m512 sum16(const __m512* v) {
+    __m512 w[8], x[4];
+    for (int j = 0; j < 8; ++j)
+        w[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
+    for (int j = 0; j < 4; ++j) {
+        const __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
+        x[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 y01 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
+    const __m512 y23 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, 0x88), _mm512_shuffle_f32x4(y01, y23, 0xDD));
+}
+
+// index scores of 16 key rows at once: per head, one product vector per row, reduced together
+template <int DI>
+inline void index_score16(const float* q, const float* w, const float* const* rows, int HI, float* out) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int h = 0; h < HI; ++h) {
+        __m512 v[16];
+        for (int i = 0; i < 16; ++i) {
+            __m512 p = _mm512_mul_ps(_mm512_loadu_ps(rows[i]), _mm512_loadu_ps(q + h * DI));
+            for (int d = 16; d < DI; d += 16)
+                p = _mm512_fmadd_ps(_mm512_loadu_ps(rows[i] + d), _mm512_loadu_ps(q + h * DI + d), p);
+            v[i] = p;
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(w[h]), _mm512_max_ps(sum16(v), _mm512_setzero_ps()), acc);
+    }
+    _mm512_storeu_ps(out, acc);
+}
+#endif
+
+// out[i] = index score of key row row(i) at position pos(i), for i in [lo, hi). Where AVX-512 is there and
+// d_I is a multiple of 16, 16 rows at a time (the last group padded by repeating a row): every row goes
+// through the same arithmetic, so prefill and decode score a token identically.
+template <int DI, class Row, class Pos>
+void score_rows(const float* q, const float* w, int HI, int di, int64_t lo, int64_t hi, const Row& row,
+                const Pos& pos, float* out) {
+#if defined(__AVX512F__)
+    if constexpr (DI > 0 && DI % 16 == 0) {
+        const float* rows[16];
+        float tmp[16];
+        for (int64_t i = lo; i < hi; i += 16) {
+            const int64_t m = std::min<int64_t>(16, hi - i);
+            for (int j = 0; j < 16; ++j) rows[j] = row(i + std::min<int64_t>(j, m - 1));
+            index_score16<DI>(q, w, rows, HI, tmp);
+            for (int j = 0; j < m; ++j) out[i + j] = tmp[j] == 0.f ? static_cast<float>(pos(i + j)) * 1e-30f : tmp[j];
+        }
+        return;
+    }
+#endif
+    for (int64_t i = lo; i < hi; ++i) out[i] = index_score<DI>(q, w, row(i), HI, di, pos(i));
 }
 
 // float -> uint32 with the same order (negative floats reversed), for radix selection
@@ -173,8 +232,8 @@ void one_query(const Args& a, int64_t c, Scratch& s, int parts) {
         const int64_t nfree = fl - ns;
         s.bscore.resize(nfree);
         parallel_ranges(nfree, parts, [&](int, int64_t lo, int64_t hi) {
-            for (int64_t i = lo; i < hi; ++i)
-                s.bscore[i] = index_score<DI>(q, w, a.means + (ns + i) * a.DI, a.HI, a.DI, (ns + i) * bs);
+            score_rows<DI>(q, w, a.HI, a.DI, lo, hi, [&](int64_t i) { return a.means + (ns + i) * a.DI; },
+                           [&](int64_t i) { return (ns + i) * bs; }, s.bscore.data());
         });
         if (nfree > a.n_blocks) {
             top_mask(s.bscore, a.n_blocks, s.tmp, s.keep);
@@ -200,8 +259,8 @@ void one_query(const Args& a, int64_t c, Scratch& s, int parts) {
     const int64_t nc = static_cast<int64_t>(s.cand.size());
     s.cscore.resize(nc);
     parallel_ranges(nc, parts, [&](int, int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i)
-            s.cscore[i] = index_score<DI>(q, w, a.keys + s.cand[i] * a.DI, a.HI, a.DI, s.cand[i]);
+        score_rows<DI>(q, w, a.HI, a.DI, lo, hi, [&](int64_t i) { return a.keys + s.cand[i] * a.DI; },
+                       [&](int64_t i) { return s.cand[i]; }, s.cscore.data());
     });
     if (nc > a.top_k) {  // drop the candidates outside the top_k
         top_mask(s.cscore, a.top_k, s.tmp, s.keep);
