@@ -5,7 +5,9 @@ per decoded token, where DSA's time goes, and the dense/DSA ratios.
     python -m bench.speed --lengths 2048,8192 --decode 16 --json bench/results/speed.json
     python -m bench.speed --device cuda --lengths 8192,32768,131072   # on a GPU
 
-Random token ids (speed does not depend on content); YaRN scaling past the native window. Dense is the
+Random token ids by default; `--text FILE` prefills a real document's tokens instead (repeated to L when
+shorter), where neighbouring queries select alike and the CPU kernel's key reads hit the cache more often.
+YaRN scaling past the native window. Dense is the
 model with DSA detached (transformers' SDPA attention), DSA the same weights with the shipped indexer.
 Both use the same growing KV cache, so the comparison isolates attention. Timings are single runs after
 a warm-up at 512 tokens: the machine is shared and noisy, so read the ratios, which are taken minutes
@@ -37,14 +39,17 @@ def _sync(device: str) -> None:
 
 @torch.inference_mode()
 def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only: bool = False,
-            prefill_threads: int | None = None) -> dict:
+            prefill_threads: int | None = None, text_ids: torch.Tensor | None = None) -> dict:
     """Prefill L random tokens, then greedy-free decode n_decode tokens (fixed ids); seconds + phases.
 
     decode_only: DSA fills its caches with a dense-attention prefill (the indexer keys are computed as
     usual), so long-context decode can be timed when the sparse prefill is too slow to wait for; decode
     is then sparse. prefill_threads: prefill with this many threads, decode with the process's own."""
-    g = torch.Generator().manual_seed(L)
-    x = torch.randint(100, model.config.vocab_size - 100, (1, L), generator=g).to(device)
+    if text_ids is not None:
+        x = text_ids.repeat(-(-L // len(text_ids)))[:L][None].to(device)
+    else:
+        g = torch.Generator().manual_seed(L)
+        x = torch.randint(100, model.config.vocab_size - 100, (1, L), generator=g).to(device)
     cache = dsa.DSACache(model.config.num_hidden_layers)
     phases: dict = {}
     ctx = dsa.profiling(model) if sparse else _null()
@@ -128,8 +133,12 @@ def main() -> None:
                     help="time decode only: DSA's caches are filled by a dense-attention prefill (prefill columns "
                          "then compare dense with dense)")
     ap.add_argument("--prefill-threads", type=int, default=None, help="threads for prefill (decode keeps the default)")
+    ap.add_argument("--text", default=None, help="a UTF-8 text file whose tokens are prefilled instead of random ids "
+                                                  "(needs the model's tokenizer: not with --random-weights)")
     ap.add_argument("--json", default="bench/results/speed.json")
     args = ap.parse_args()
+    if args.text and args.random_weights:
+        ap.error("--text needs a real model's tokenizer; drop --random-weights")
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
 
     if args.random_weights:
@@ -140,6 +149,15 @@ def main() -> None:
             models.install_default(progress=print)
         lm = models.load(args.model, dtype=dtype)
     model = lm.model.to(args.device)
+    text_ids = None
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: {args.text}: cannot read as UTF-8 text ({e.__class__.__name__})")
+        text_ids = torch.tensor(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(text_ids) == 0:
+            raise SystemExit(f"error: {args.text}: no text")
     cfg = model.dsa_state.config
     lengths = [int(v) for v in args.lengths.split(",")]
 
@@ -153,14 +171,14 @@ def main() -> None:
             run_one(model, L, 1, args.device, sparse=True)
         r_dsa = skip if args.only == "dense" else run_one(model, L, args.decode, args.device, sparse=True,
                                                            decode_only=args.decode_only,
-                                                           prefill_threads=args.prefill_threads)
+                                                           prefill_threads=args.prefill_threads, text_ids=text_ids)
         keys_read = r_dsa["phases"].get("decode", {}).get("keys_read", 0) / max(args.decode, 1)
         dense_cfg = model.dsa_state.config
         dsa.detach(model)
         if args.device.startswith("cuda"):
             run_one(model, L, 1, args.device, sparse=False)
         r_dense = skip if args.only == "dsa" else run_one(model, L, args.decode, args.device, sparse=False,
-                                                             prefill_threads=args.prefill_threads)
+                                                             prefill_threads=args.prefill_threads, text_ids=text_ids)
         dsa.attach(model, dense_cfg)
         if lm.indexer_weights:
             dsa.load_indexer(model, lm.indexer_weights)
@@ -193,7 +211,8 @@ def main() -> None:
     tiles = [f"{r['L']:,}: {r['dsa_prefill_tiles_frac']:.1%}" for r in rows if "dsa_prefill_tiles_frac" in r]
     if tiles:
         print("FlexAttention visited this share of the causal 64x64 tiles: " + ", ".join(tiles))
-    print(f"\n{lm.name} ({dtype}) on {args.device} — {machine}; DSA via {kernel}; top_k {cfg.top_k}, n_blocks {cfg.n_blocks}, "
+    tokens = f"tokens of {Path(args.text).name}" if args.text else "random token ids"
+    print(f"\n{lm.name} ({dtype}), {tokens}, on {args.device} — {machine}; DSA via {kernel}; top_k {cfg.top_k}, n_blocks {cfg.n_blocks}, "
           f"sink {cfg.sink_tokens}, local {cfg.local_window}, dense layers {cfg.dense_layers}; "
           f"{args.decode} decoded tokens per length; {time.strftime('%Y-%m-%d')}\n")
     print("| tokens | prefill dense s | prefill DSA s | prefill ×  | decode dense ms/tok | decode DSA ms/tok | decode × "
@@ -214,7 +233,7 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": lm.name, "device": args.device, "machine": machine,
-                                               "dtype": dtype, "dsa": cfg.to_dict(), "dsa_path": kernel, "rows": rows}, indent=2))
+                                               "dtype": dtype, "tokens": tokens, "dsa": cfg.to_dict(), "dsa_path": kernel, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -56,9 +56,9 @@ def test_kernel_matches_torch_path_prefill_and_decode(family, monkeypatch):
     assert not torch.allclose(run(), ref, atol=1e-3)  # the comparison can fail: sparse differs from dense here
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads,tiles", [(1, False), (3, False), (1, True), (2, True)])
 @pytest.mark.parametrize("L", [40, 130, 200, 1000, 1537])
-def test_kernel_selects_what_select_chunk_selects(L, threads):
+def test_kernel_selects_what_select_chunk_selects(L, threads, tiles):
     """Per query (early positions where sink and local window overlap, and late ones), the kernel attends the
     same keys as select_chunk: with one-hot values, its output reveals the attention weights per key."""
     torch.manual_seed(L)
@@ -66,7 +66,10 @@ def test_kernel_selects_what_select_chunk_selects(L, threads):
     HI, DI, H, HKV = cfg.index_heads, cfg.index_dim, 4, 2
     keys = F.layer_norm(torch.randn(L, DI), (DI,))
     means = _block_means(keys, cfg.block_size)
-    qpos = torch.tensor(sorted({0, 3, 17, L // 2, L - 2, L - 1}))
+    qpos = {0, 3, 17, L // 2, L - 2, L - 1}
+    if tiles:  # 8 or more queries: prefill's tiles of neighbouring queries attended together
+        qpos |= set(range(max(L - 20, 0), L))
+    qpos = torch.tensor(sorted(qpos))
     C = len(qpos)
     qi, wi = torch.randn(C, HI, DI), torch.randn(C, HI)
     vbuf = torch.zeros(HKV, L + 7, L + 7)  # value of key t = one-hot(t): the output is the attention weights
@@ -83,21 +86,22 @@ def test_kernel_selects_what_select_chunk_selects(L, threads):
         assert int(nread[c]) == len(want)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads,tiles", [(1, False), (2, False), (3, False), (1, True), (2, True)])
 @pytest.mark.parametrize("DI,D", [(32, 64), (64, 128), (16, 48)])
-def test_kernel_attention_matches_sdpa(DI, D, threads):
+def test_kernel_attention_matches_sdpa(DI, D, threads, tiles):
     """The unrolled shapes of real models (and a generic one): output = SDPA over select_chunk's keys."""
     torch.manual_seed(DI + D)
     cfg = small(index_dim=DI, rope_dim=16, top_k=64, n_blocks=8)
     L, H, HKV = 2000, 6, 2
     keys = F.layer_norm(torch.randn(L, DI), (DI,))
     means = _block_means(keys, cfg.block_size)
-    qpos = torch.tensor([5, 700, L - 1])
+    qpos = torch.tensor([5, 700, L - 1]) if not tiles else torch.cat([torch.arange(5, 9), torch.arange(L - 21, L)])
     C = len(qpos)
     qi, wi, query = torch.randn(C, cfg.index_heads, DI), torch.randn(C, cfg.index_heads), torch.randn(C, H, D)
     kbuf, vbuf = torch.randn(HKV, L, D), torch.randn(HKV, L, D)
     out = torch.empty(C, H, D)
-    # 3 queries: each query's selection and attention split over `threads` (as in decode), then merged
+    # 3 queries: each query's selection and attention split over `threads` (as in decode), then merged;
+    # 25 (tiles): tiles of 8 neighbouring queries attended together (prefill), the tiles spread over threads
     kernels.select_attend(qi, wi, keys, means, qpos, query, kbuf, vbuf, cfg, D**-0.5, out, threads=threads)
     for c in range(C):
         sel = select_chunk(qi[c : c + 1], wi[c : c + 1], keys[: int(qpos[c]) + 1], means, qpos[c : c + 1], cfg)

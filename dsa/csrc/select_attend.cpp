@@ -202,19 +202,24 @@ void parallel_ranges(int64_t n, int parts, const F& f) {
 
 using Clock = std::chrono::steady_clock;
 
-struct Scratch {  // per-query buffers, reused across the queries of a thread
-    std::vector<float> bscore, cscore, part;
-    std::vector<uint32_t> tmp;  // part: per split, per head: [G * n out | m | sum]
-    std::vector<std::vector<float>> p;  // per split: attention probabilities [G * T]
-    std::vector<int64_t> blocks, attend, cand;
+constexpr int TILE_Q = 8;  // prefill: queries attended together (their selections overlap; see attend_tile)
+
+struct Scratch {  // per-thread buffers, reused across queries
+    std::vector<float> bscore, cscore, part;  // part: per split, per head: [G * n out | m | sum]
+    std::vector<uint32_t> tmp;
+    std::vector<std::vector<float>> p;  // per split (decode) or per query of a tile (prefill): probabilities
+    std::vector<int64_t> blocks, attend, cand, uni;
+    std::vector<std::vector<int64_t>> lists;  // per query of a tile: attended positions
+    std::vector<uint16_t> members;            // per position of `uni`: which queries of the tile attend it
+    std::vector<float> acc;                   // per query of a tile: [G * n] output accumulators
     std::vector<char> forced, keep;
     double select_s = 0, attend_s = 0;
 };
 
-// Selection and attention for query c; `parts` > 1 splits the scoring loops and the attended keys over that
-// many threads (decode), 1 keeps the query on the calling thread (prefill spreads queries over threads).
-template <int DI, int D>
-void one_query(const Args& a, int64_t c, Scratch& s, int parts) {
+// Both stages for query c: s.attend = the positions it attends, in order. `parts` > 1 splits the scoring
+// loops over that many threads (decode).
+template <int DI>
+void select_query(const Args& a, int64_t c, Scratch& s, int parts) {
     const auto t0 = Clock::now();
     const int64_t qp = a.qpos[c];
     const float* q = a.qi + c * a.HI * a.DI;
@@ -271,15 +276,18 @@ void one_query(const Args& a, int64_t c, Scratch& s, int parts) {
         }
         attend.resize(n);
     }
+    a.nread[c] = static_cast<int64_t>(attend.size());
+    s.select_s += std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
+// Decode: query c over s.attend, query head h reading KV head h / G; split k of `parts` attends
+// attend[lo, hi) for every KV head, and the splits are merged with their softmax max and sum.
+template <int D>
+void attend_split(const Args& a, int64_t c, Scratch& s, int parts) {
     const auto t1 = Clock::now();
-    s.select_s += std::chrono::duration<double>(t1 - t0).count();
-
-    // sparse attention: query head h reads KV head h / G at the attended positions; split k of `parts`
-    // attends attend[lo, hi) for every KV head, and the splits are merged with their softmax max and sum
     const int G = a.H / a.HKV, n = D > 0 ? D : a.D;
+    const auto& attend = s.attend;
     const int64_t T = static_cast<int64_t>(attend.size()), stride = G * n + 2 * G;
-    a.nread[c] = T;
     s.p.resize(parts);
     s.part.resize(static_cast<size_t>(parts) * a.HKV * stride);
     parallel_ranges(T, parts, [&](int k, int64_t lo, int64_t hi) {
@@ -313,6 +321,100 @@ void one_query(const Args& a, int64_t c, Scratch& s, int parts) {
     s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
 }
 
+// Prefill: queries c0 .. c0 + m - 1 (their positions in s.lists) attended together. Neighbouring queries
+// select mostly the same keys (with a trained indexer, 8 queries attend ~5x fewer distinct keys than their
+// sum), and scattered K/V rows are what a query's attention waits on: each distinct row is read once for
+// the tile and used by every query that selected it. Per query the arithmetic and its order are those of
+// attend_split with one part, so the outputs are the same as attending each query alone.
+template <int D>
+void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
+    const auto t1 = Clock::now();
+    const int G = a.H / a.HKV, n = D > 0 ? D : a.D;
+    // union of the sorted lists, with a bitmask of the queries attending each position
+    s.uni.clear(); s.members.clear();
+    int64_t idx[TILE_Q] = {0};
+    for (;;) {
+        int64_t t = INT64_MAX;
+        for (int j = 0; j < m; ++j)
+            if (idx[j] < static_cast<int64_t>(s.lists[j].size())) t = std::min(t, s.lists[j][idx[j]]);
+        if (t == INT64_MAX) break;
+        uint16_t bits = 0;
+        for (int j = 0; j < m; ++j)
+            if (idx[j] < static_cast<int64_t>(s.lists[j].size()) && s.lists[j][idx[j]] == t) { bits |= 1u << j; ++idx[j]; }
+        s.uni.push_back(t);
+        s.members.push_back(bits);
+    }
+    const int64_t U = static_cast<int64_t>(s.uni.size());
+    s.p.resize(m);
+    s.acc.resize(static_cast<size_t>(m) * G * n);
+    s.part.resize(static_cast<size_t>(m) * G);  // softmax denominators per query and head
+    for (int j = 0; j < m; ++j) s.p[j].resize(static_cast<size_t>(G) * s.lists[j].size());
+    for (int g = 0; g < a.HKV; ++g) {
+        const float* k = a.kbuf + g * a.cap * n;
+        const float* v = a.vbuf + g * a.cap * n;
+        std::fill(idx, idx + m, 0);
+        for (int64_t u = 0; u < U; ++u) {  // scores: p[j][h * T_j + i] for the i-th key of query j
+            prefetch_row(k, s.uni.data(), u, U, n);
+            const float* kr = k + s.uni[u] * n;
+            for (uint32_t bits = s.members[u]; bits; bits &= bits - 1) {
+                const int j = __builtin_ctz(bits);
+                const int64_t T = static_cast<int64_t>(s.lists[j].size()), i = idx[j]++;
+                const float* q = a.query + ((c0 + j) * a.H + g * G) * n;
+                for (int h = 0; h < G; ++h) s.p[j][h * T + i] = dot<D>(q + h * n, kr, n) * a.scaling;
+            }
+        }
+        for (int j = 0; j < m; ++j) {  // softmax numerators, per query and head
+            const int64_t T = static_cast<int64_t>(s.lists[j].size());
+            for (int h = 0; h < G; ++h) {
+                float* ph = s.p[j].data() + h * T;
+                const float mx = *std::max_element(ph, ph + T);
+                float sum = 0.f;
+                for (int64_t i = 0; i < T; ++i) { ph[i] = std::exp(ph[i] - mx); sum += ph[i]; }
+                s.part[j * G + h] = sum;
+            }
+        }
+        std::fill(s.acc.begin(), s.acc.end(), 0.f);
+        std::fill(idx, idx + m, 0);
+        for (int64_t u = 0; u < U; ++u) {
+            prefetch_row(v, s.uni.data(), u, U, n);
+            const float* vr = v + s.uni[u] * n;
+            for (uint32_t bits = s.members[u]; bits; bits &= bits - 1) {
+                const int j = __builtin_ctz(bits);
+                const int64_t T = static_cast<int64_t>(s.lists[j].size()), i = idx[j]++;
+                for (int h = 0; h < G; ++h) {
+                    const float pi = s.p[j][h * T + i];
+                    float* o = s.acc.data() + (j * G + h) * n;
+                    for (int d = 0; d < n; ++d) o[d] += pi * vr[d];
+                }
+            }
+        }
+        for (int j = 0; j < m; ++j)
+            for (int h = 0; h < G; ++h) {
+                const float inv = 1.f / s.part[j * G + h];
+                const float* o = s.acc.data() + (j * G + h) * n;
+                float* dst = a.out + ((c0 + j) * a.H + g * G + h) * n;
+                for (int d = 0; d < n; ++d) dst[d] = o[d] * inv;
+            }
+    }
+    s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
+}
+
+// queries c0 .. c0 + m - 1: alone (decode, split over `parts` threads) or as one tile (prefill)
+template <int DI, int D>
+void run_queries(const Args& a, int64_t c0, int m, Scratch& s, int parts) {
+    if (m == 1) {
+        select_query<DI>(a, c0, s, parts);
+        attend_split<D>(a, c0, s, parts);
+        return;
+    }
+    s.lists.resize(TILE_Q);
+    for (int j = 0; j < m; ++j) {
+        select_query<DI>(a, c0 + j, s, 1);
+        s.lists[j].swap(s.attend);
+    }
+    attend_tile<D>(a, c0, m, s);
+}
+
 }  // namespace
 
 // phase_s (may be null) receives the seconds spent selecting and attending, summed over threads
@@ -323,20 +425,28 @@ extern "C" int dsa_select_attend(
     int sink, int local, float scaling, int threads) {
     Args a{qi, wi, keys, means, qpos, query, kbuf, vbuf, out, nread, phase_s, cap, nb,
            HI, DI, H, HKV, D, bs, n_blocks, top_k, sink, local, scaling};
-    void (*fn)(const Args&, int64_t, Scratch&, int) =  // shapes of the supported models, unrolled; others generic
-        DI == 32 && D == 64 ? one_query<32, 64> : DI == 64 && D == 64 ? one_query<64, 64>
-        : DI == 32 && D == 128 ? one_query<32, 128> : DI == 64 && D == 128 ? one_query<64, 128> : one_query<0, 0>;
-    // many queries (prefill): one thread per query, interleaved as later queries have more candidates;
-    // a few (decode): each query's work split over the threads
-    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, C / 8));
+    void (*fn)(const Args&, int64_t, int, Scratch&, int) =  // shapes of the supported models, unrolled; others generic
+        DI == 32 && D == 64 ? run_queries<32, 64> : DI == 64 && D == 64 ? run_queries<64, 64>
+        : DI == 32 && D == 128 ? run_queries<32, 128> : DI == 64 && D == 128 ? run_queries<64, 128>
+        : run_queries<0, 0>;
+    if (C < TILE_Q) {  // decode: each query's work split over the threads
 #ifdef _OPENMP
-    const int parts = nt == 1 ? std::max(1, threads) : 1;  // OpenMP's pool: waking it costs microseconds
+        const int parts = std::max(1, threads);  // OpenMP's pool: waking it costs microseconds
 #else
-    const int parts = 1;  // a thread per split would cost more to start than it saves
+        const int parts = 1;  // a thread per split would cost more to start than it saves
 #endif
+        Scratch s;
+        for (int64_t c = 0; c < C; ++c) fn(a, c, 1, s, parts);
+        if (phase_s) { phase_s[0] += s.select_s; phase_s[1] += s.attend_s; }
+        return 0;
+    }
+    // prefill: tiles of TILE_Q neighbouring queries, dealt to threads in turn (later tiles cost more)
+    const int64_t tiles = (C + TILE_Q - 1) / TILE_Q;
+    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, tiles));
     std::vector<Scratch> scratch(nt);
     parallel_ranges(nt, static_cast<int>(nt), [&](int t, int64_t, int64_t) {
-        for (int64_t c = t; c < C; c += nt) fn(a, c, scratch[t], parts);
+        for (int64_t r = t; r < tiles; r += nt)
+            fn(a, r * TILE_Q, static_cast<int>(std::min<int64_t>(TILE_Q, C - r * TILE_Q)), scratch[t], 1);
     });
     if (phase_s) {
         for (const auto& sc : scratch) { phase_s[0] += sc.select_s; phase_s[1] += sc.attend_s; }
