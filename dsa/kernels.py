@@ -109,6 +109,8 @@ def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means:
 
     qi [C, H_I, d_I], wi [C, H_I], keys [L, d_I] (rows contiguous), means [nb, d_I], qpos [C] long,
     query [C, H, D], kbuf / vbuf [Hkv, cap, D] (positions < L filled), out [C, H, D] contiguous."""
+    if not available():
+        raise RuntimeError(f"dsa kernel unavailable: {build_error() or 'DSA_KERNELS=0'}")
     C, HI, DI = qi.shape
     H, D = query.shape[1:]
     Hkv = kbuf.shape[0]

@@ -133,3 +133,32 @@ def test_select_last_defers_when_sink_and_window_overlap():
     cfg = small()
     keys = torch.randn(10, cfg.index_dim)
     assert select_last(torch.randn(2, 16), torch.randn(2), keys, _block_means(keys, 16), cfg) is None
+
+
+@pytest.mark.parametrize("H,HKV,D", [(6, 2, 64), (8, 2, 128), (9, 3, 64)])
+def test_kernel_overlapping_tile_matches_sdpa(H, HKV, D):
+    """Neighbouring queries that select nearly the same keys (as a trained indexer's do) take the kernel's
+    dense tile products; each query must still attend exactly its own keys."""
+    torch.manual_seed(H + D)
+    cfg = small(index_dim=32, rope_dim=16, top_k=64, n_blocks=8)
+    L = 3000
+    keys = F.layer_norm(torch.randn(L, 32), (32,))
+    means = _block_means(keys, cfg.block_size)
+    qpos = torch.arange(L - 19, L)  # two full tiles of 8 and a partial one
+    C = len(qpos)
+    qi = torch.randn(1, cfg.index_heads, 32) + 0.01 * torch.randn(C, cfg.index_heads, 32)  # near-identical
+    wi = torch.rand(1, cfg.index_heads).expand(C, -1).contiguous()
+    query = torch.randn(C, H, D)
+    kbuf, vbuf = torch.randn(HKV, L, D), torch.randn(HKV, L, D)
+    out = torch.empty(C, H, D)
+    kernels.select_attend(qi, wi, keys, means, qpos, query, kbuf, vbuf, cfg, D**-0.5, out, threads=1)
+    differ = 0
+    for c in range(C):
+        sel = select_chunk(qi[c : c + 1], wi[c : c + 1], keys[: int(qpos[c]) + 1], means, qpos[c : c + 1], cfg)
+        t = sel.tokens[sel.mask[0]]
+        differ += c > 0 and set(t.tolist()) != set(prev)
+        prev = t.tolist()
+        ref = F.scaled_dot_product_attention(query[c][None, :, None], kbuf[:, t][None], vbuf[:, t][None],
+                                             scale=D**-0.5, enable_gqa=True)[0, :, 0]
+        assert torch.allclose(out[c], ref, atol=1e-5), (c, (out[c] - ref).abs().max())
+    assert differ > 0  # the queries' selections are not all the same: the per-query masks matter
