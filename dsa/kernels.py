@@ -42,7 +42,7 @@ def _cpu_id() -> str:
 
 
 def _compile(flags: list[str]) -> Path:
-    src = SRC.read_bytes()
+    src = b"".join(f.read_bytes() for f in sorted(SRC.parent.iterdir()) if f.suffix in (".cpp", ".h"))
     key = hashlib.sha256(src + " ".join(flags).encode() + _cpu_id().encode()).hexdigest()[:16]
     root = Path(os.environ.get("DSA_KERNEL_DIR") or Path.home() / ".cache" / "dsa" / "kernels")
     so = root / f"select_attend-{key}.so"

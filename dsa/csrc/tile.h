@@ -1,0 +1,180 @@
+// Prefill's tiles of neighbouring queries, for select_attend.cpp (included inside its anonymous namespace,
+// after Args, Scratch, prefetch_row and dot; not a standalone header).
+#pragma once
+
+#if defined(__AVX512F__)
+// The tile's union rows as small dense products, for tiles whose queries overlap a lot (a trained indexer's
+// neighbours): lane l = j * G + h is query j's head h (at most 32 lanes), S[u][l] its score for union row u.
+// Rows a query did not select are masked out of its softmax, so each query still attends exactly its own
+// keys; the products run at the FMA units' rate instead of one scattered row at a time. For KV head g.
+template <int D>
+void attend_tile_dense(const Args& a, int64_t c0, int m, int g, Scratch& s) {
+    constexpr int n = D;
+    const int G = a.H / a.HKV, L = m * G;
+    const int64_t U = static_cast<int64_t>(s.uni.size());
+    const float* k = a.kbuf + g * a.cap * n;
+    const float* v = a.vbuf + g * a.cap * n;
+    alignas(64) float qt[n * 32] = {0};  // queries transposed: qt[d * 32 + l]
+    for (int l = 0; l < L; ++l) {
+        const float* q = a.query + ((c0 + l / G) * a.H + g * G + l % G) * n;
+        for (int d = 0; d < n; ++d) qt[d * 32 + l] = q[d] * a.scaling;
+    }
+    uint32_t lanes[256];  // query bitmask -> lane mask
+    for (int b = 0; b < (1 << m); ++b) {
+        lanes[b] = 0;
+        for (int j = 0; j < m; ++j)
+            if (b >> j & 1) lanes[b] |= ((1u << G) - 1) << (j * G);
+    }
+    s.acc.resize(static_cast<size_t>(U) * 32);
+    float* S = s.acc.data();
+    for (int64_t u = 0; u < U; u += 4) {  // scores, 4 rows at a time
+        const float* kr[4];
+        for (int i = 0; i < 4; ++i) kr[i] = k + s.uni[std::min<int64_t>(u + i, U - 1)] * n;
+        __m512 acc[4][2];
+        for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+        for (int d = 0; d < n; ++d) {
+            const __m512 q0 = _mm512_load_ps(qt + d * 32), q1 = _mm512_load_ps(qt + d * 32 + 16);
+            for (int i = 0; i < 4; ++i) {
+                const __m512 b = _mm512_set1_ps(kr[i][d]);
+                acc[i][0] = _mm512_fmadd_ps(b, q0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(b, q1, acc[i][1]);
+            }
+        }
+        for (int i = 0; i < 4 && u + i < U; ++i) {
+            _mm512_storeu_ps(S + (u + i) * 32, acc[i][0]);
+            _mm512_storeu_ps(S + (u + i) * 32 + 16, acc[i][1]);
+        }
+    }
+    // softmax over each lane's own rows: max, then exp (exp(min(x - max, 0)): non-member rows cannot overflow)
+    __m512 mx0 = _mm512_set1_ps(-3.0e38f), mx1 = mx0;
+    for (int64_t u = 0; u < U; ++u) {
+        const uint32_t lm = lanes[s.members[u]];
+        mx0 = _mm512_mask_max_ps(mx0, static_cast<__mmask16>(lm), mx0, _mm512_loadu_ps(S + u * 32));
+        mx1 = _mm512_mask_max_ps(mx1, static_cast<__mmask16>(lm >> 16), mx1, _mm512_loadu_ps(S + u * 32 + 16));
+    }
+    alignas(64) float mx[32];
+    _mm512_store_ps(mx, mx0);
+    _mm512_store_ps(mx + 16, mx1);
+    for (int64_t i = 0; i < U * 32; ++i) S[i] = std::exp(std::min(S[i] - mx[i % 32], 0.f));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
+    for (int64_t u = 0; u < U; ++u) {  // zero the rows a lane did not select; sum the rest
+        const uint32_t lm = lanes[s.members[u]];
+        const __m512 p0 = _mm512_maskz_mov_ps(static_cast<__mmask16>(lm), _mm512_loadu_ps(S + u * 32));
+        const __m512 p1 = _mm512_maskz_mov_ps(static_cast<__mmask16>(lm >> 16), _mm512_loadu_ps(S + u * 32 + 16));
+        _mm512_storeu_ps(S + u * 32, p0);
+        _mm512_storeu_ps(S + u * 32 + 16, p1);
+        sum0 = _mm512_add_ps(sum0, p0);
+        sum1 = _mm512_add_ps(sum1, p1);
+    }
+    alignas(64) float sum[32];
+    _mm512_store_ps(sum, sum0);
+    _mm512_store_ps(sum + 16, sum1);
+    // outputs: 16 lanes x 16 dims at a time, over every union row
+    for (int l0 = 0; l0 < L; l0 += 16) {
+        for (int d0 = 0; d0 < n; d0 += 16) {
+            __m512 o[16];
+            for (int l = 0; l < 16; ++l) o[l] = _mm512_setzero_ps();
+            for (int64_t u = 0; u < U; ++u) {
+                const __m512 vr = _mm512_loadu_ps(v + s.uni[u] * n + d0);
+                const float* pu = S + u * 32 + l0;
+                for (int l = 0; l < 16; ++l) o[l] = _mm512_fmadd_ps(_mm512_set1_ps(pu[l]), vr, o[l]);
+            }
+            for (int l = 0; l < 16 && l0 + l < L; ++l) {
+                const int lane = l0 + l;
+                float* dst = a.out + ((c0 + lane / G) * a.H + g * G + lane % G) * n + d0;
+                _mm512_storeu_ps(dst, _mm512_mul_ps(o[l], _mm512_set1_ps(1.f / sum[lane])));
+            }
+        }
+    }
+}
+#endif
+
+// Prefill: queries c0 .. c0 + m - 1 (their positions in s.lists) attended together. Neighbouring queries
+// select mostly the same keys (with a trained indexer, 8 queries attend ~5x fewer distinct keys than their
+// sum), and scattered K/V rows are what a query's attention waits on: each distinct row is read once for
+// the tile and used by every query that selected it. Per query the arithmetic and its order are those of
+// attend_split with one part, so the outputs are the same as attending each query alone.
+template <int D>
+void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
+    const auto t1 = Clock::now();
+    const int G = a.H / a.HKV, n = D > 0 ? D : a.D;
+    // union of the sorted lists, with a bitmask of the queries attending each position
+    s.uni.clear(); s.members.clear();
+    int64_t idx[TILE_Q] = {0};
+    for (;;) {
+        int64_t t = INT64_MAX;
+        for (int j = 0; j < m; ++j)
+            if (idx[j] < static_cast<int64_t>(s.lists[j].size())) t = std::min(t, s.lists[j][idx[j]]);
+        if (t == INT64_MAX) break;
+        uint16_t bits = 0;
+        for (int j = 0; j < m; ++j)
+            if (idx[j] < static_cast<int64_t>(s.lists[j].size()) && s.lists[j][idx[j]] == t) { bits |= 1u << j; ++idx[j]; }
+        s.uni.push_back(t);
+        s.members.push_back(bits);
+    }
+    const int64_t U = static_cast<int64_t>(s.uni.size());
+    s.p.resize(m);
+    s.acc.resize(static_cast<size_t>(m) * G * n);
+    s.part.resize(static_cast<size_t>(m) * G);  // softmax denominators per query and head
+    for (int j = 0; j < m; ++j) s.p[j].resize(static_cast<size_t>(G) * s.lists[j].size());
+#if defined(__AVX512F__)
+    if constexpr (D > 0 && D % 16 == 0) {
+        int64_t total = 0;
+        for (int j = 0; j < m; ++j) total += static_cast<int64_t>(s.lists[j].size());
+        if (m * G <= 32 && U * 10 <= total * 3) {  // the union is under 30% of the rows read one query at a time
+            for (int g = 0; g < a.HKV; ++g) attend_tile_dense<D>(a, c0, m, g, s);
+            s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
+            return;
+        }
+    }
+#endif
+    for (int g = 0; g < a.HKV; ++g) {
+        const float* k = a.kbuf + g * a.cap * n;
+        const float* v = a.vbuf + g * a.cap * n;
+        std::fill(idx, idx + m, 0);
+        for (int64_t u = 0; u < U; ++u) {  // scores: p[j][h * T_j + i] for the i-th key of query j
+            prefetch_row(k, s.uni.data(), u, U, n);
+            const float* kr = k + s.uni[u] * n;
+            for (uint32_t bits = s.members[u]; bits; bits &= bits - 1) {
+                const int j = __builtin_ctz(bits);
+                const int64_t T = static_cast<int64_t>(s.lists[j].size()), i = idx[j]++;
+                const float* q = a.query + ((c0 + j) * a.H + g * G) * n;
+                for (int h = 0; h < G; ++h) s.p[j][h * T + i] = dot<D>(q + h * n, kr, n) * a.scaling;
+            }
+        }
+        for (int j = 0; j < m; ++j) {  // softmax numerators, per query and head
+            const int64_t T = static_cast<int64_t>(s.lists[j].size());
+            for (int h = 0; h < G; ++h) {
+                float* ph = s.p[j].data() + h * T;
+                const float mx = *std::max_element(ph, ph + T);
+                float sum = 0.f;
+                for (int64_t i = 0; i < T; ++i) { ph[i] = std::exp(ph[i] - mx); sum += ph[i]; }
+                s.part[j * G + h] = sum;
+            }
+        }
+        std::fill(s.acc.begin(), s.acc.end(), 0.f);
+        std::fill(idx, idx + m, 0);
+        for (int64_t u = 0; u < U; ++u) {
+            prefetch_row(v, s.uni.data(), u, U, n);
+            const float* vr = v + s.uni[u] * n;
+            for (uint32_t bits = s.members[u]; bits; bits &= bits - 1) {
+                const int j = __builtin_ctz(bits);
+                const int64_t T = static_cast<int64_t>(s.lists[j].size()), i = idx[j]++;
+                for (int h = 0; h < G; ++h) {
+                    const float pi = s.p[j][h * T + i];
+                    float* o = s.acc.data() + (j * G + h) * n;
+                    for (int d = 0; d < n; ++d) o[d] += pi * vr[d];
+                }
+            }
+        }
+        for (int j = 0; j < m; ++j)
+            for (int h = 0; h < G; ++h) {
+                const float inv = 1.f / s.part[j * G + h];
+                const float* o = s.acc.data() + (j * G + h) * n;
+                float* dst = a.out + ((c0 + j) * a.H + g * G + h) * n;
+                for (int d = 0; d < n; ++d) dst[d] = o[d] * inv;
+            }
+    }
+    s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
+}
+
