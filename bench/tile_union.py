@@ -1,5 +1,7 @@
 """How block-sparse is DSA's attention on real text? Per tile of 64 neighbouring queries, the share of the
-causal 64x64 tiles that some query of the tile reads (what the GPU path's FlexAttention visits).
+causal 64x64 tiles that some query of the tile reads (what the GPU path's FlexAttention visits); and per tile
+of 8 neighbouring queries, the distinct keys they attend over the sum of each one's (what the CPU kernel's
+prefill tiles read, `csrc/tile.h`).
 
     python -m bench.tile_union sample_docs/pride_and_prejudice.md --tokens 32768
 
@@ -24,6 +26,19 @@ from dsa import flex
 from dsa.attention import _block_means
 from dsa.longctx import set_context
 from dsa.rope import rope_cos_sin
+
+
+def key_union(picks: torch.Tensor, qpos: torch.Tensor, cfg: dsa.DSAConfig, q: int = 8) -> float:
+    """Mean over tiles of q neighbouring queries: distinct attended keys / the sum of each query's keys."""
+    ratios = []
+    for t0 in range(0, len(qpos) - q + 1, q):
+        sets = []
+        for c in range(t0, t0 + q):
+            qp = int(qpos[c])
+            forced = set(range(min(cfg.sink_tokens, qp + 1))) | set(range(max(0, qp - cfg.local_window + 1), qp + 1))
+            sets.append(set(picks[c][picks[c] >= 0].tolist()) | forced)
+        ratios.append(len(set().union(*sets)) / sum(len(x) for x in sets))
+    return statistics.mean(ratios)
 
 
 def main() -> None:
@@ -55,7 +70,7 @@ def main() -> None:
             num, _ = flex.tile_blocks(picks, qpos[a:b], L, cfg)
             causal = (torch.arange(a, b, flex.TILE) + flex.TILE - 1) // flex.TILE + 1
             rows.append({"layer": layer, "queries": [a, b], "tiles": int(num.sum()), "causal": int(causal.sum()),
-                         "blocks_per_tile": float(num.float().mean())})
+                         "blocks_per_tile": float(num.float().mean()), "key_union_8": key_union(picks, qpos[a:b], cfg)})
 
     model.dsa_state.capture = capture
     set_context(model, L + 1)
@@ -64,12 +79,14 @@ def main() -> None:
     model.dsa_state.capture = None
     print(f"{L:,} tokens of {Path(args.document).name}; top_k {cfg.top_k}, n_blocks {cfg.n_blocks}; "
           f"{S} queries at each of {[r[0] for r in regions]}")
-    print("| queries from | KV blocks read per 64-query tile (mean over layers) | causal tiles visited |")
-    print("|---|---|---|")
+    print("| queries from | KV blocks read per 64-query tile (mean over layers) | causal tiles visited "
+          "| distinct keys / sum, 8-query tiles |")
+    print("|---|---|---|---|")
     for a, b in regions:
         rs = [r for r in rows if r["queries"][0] == a]
         frac = sum(r["tiles"] for r in rs) / sum(r["causal"] for r in rs)
-        print(f"| {a:,} | {statistics.mean(r['blocks_per_tile'] for r in rs):.1f} | {frac:.1%} |")
+        print(f"| {a:,} | {statistics.mean(r['blocks_per_tile'] for r in rs):.1f} | {frac:.1%} "
+              f"| {statistics.mean(r['key_union_8'] for r in rs):.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"tokens": L, "document": args.document, "rows": rows}, indent=2))
 
