@@ -8,7 +8,7 @@
 // Rows a query did not select are masked out of its softmax, so each query still attends exactly its own
 // keys; the products run at the FMA units' rate instead of one scattered row at a time. For KV head g.
 template <int D>
-void attend_tile_dense(const Args& a, int64_t c0, int m, int g, Scratch& s) {
+void attend_tile_dense_head(const Args& a, int64_t c0, int m, int g, const uint32_t* lanes, Scratch& s) {
     constexpr int n = D;
     const int G = a.H / a.HKV, L = m * G;
     const int64_t U = static_cast<int64_t>(s.uni.size());
@@ -18,12 +18,6 @@ void attend_tile_dense(const Args& a, int64_t c0, int m, int g, Scratch& s) {
     for (int l = 0; l < L; ++l) {
         const float* q = a.query + ((c0 + l / G) * a.H + g * G + l % G) * n;
         for (int d = 0; d < n; ++d) qt[d * 32 + l] = q[d] * a.scaling;
-    }
-    uint32_t lanes[256];  // query bitmask -> lane mask
-    for (int b = 0; b < (1 << m); ++b) {
-        lanes[b] = 0;
-        for (int j = 0; j < m; ++j)
-            if (b >> j & 1) lanes[b] |= ((1u << G) - 1) << (j * G);
     }
     s.acc.resize(static_cast<size_t>(U) * 32);
     float* S = s.acc.data();
@@ -87,6 +81,19 @@ void attend_tile_dense(const Args& a, int64_t c0, int m, int g, Scratch& s) {
         }
     }
 }
+
+// keys; the products run at the FMA units' rate instead of one scattered row at a time.
+template <int D>
+void attend_tile_dense(const Args& a, int64_t c0, int m, Scratch& s) {
+    const int G = a.H / a.HKV;
+    uint32_t lanes[1 << TILE_Q];  // query bitmask -> lane mask
+    for (int b = 0; b < (1 << m); ++b) {
+        lanes[b] = 0;
+        for (int j = 0; j < m; ++j)
+            if (b >> j & 1) lanes[b] |= ((1u << G) - 1) << (j * G);
+    }
+    for (int g = 0; g < a.HKV; ++g) attend_tile_dense_head<D>(a, c0, m, g, lanes, s);
+}
 #endif
 
 // Prefill: queries c0 .. c0 + m - 1 (their positions in s.lists) attended together. Neighbouring queries
@@ -113,21 +120,21 @@ void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
         s.members.push_back(bits);
     }
     const int64_t U = static_cast<int64_t>(s.uni.size());
-    s.p.resize(m);
-    s.acc.resize(static_cast<size_t>(m) * G * n);
-    s.part.resize(static_cast<size_t>(m) * G);  // softmax denominators per query and head
-    for (int j = 0; j < m; ++j) s.p[j].resize(static_cast<size_t>(G) * s.lists[j].size());
 #if defined(__AVX512F__)
     if constexpr (D > 0 && D % 16 == 0) {
         int64_t total = 0;
         for (int j = 0; j < m; ++j) total += static_cast<int64_t>(s.lists[j].size());
         if (m * G <= 32 && U * 10 <= total * 3) {  // the union is under 30% of the rows read one query at a time
-            for (int g = 0; g < a.HKV; ++g) attend_tile_dense<D>(a, c0, m, g, s);
+            attend_tile_dense<D>(a, c0, m, s);
             s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
             return;
         }
     }
 #endif
+    s.p.resize(m);
+    s.acc.resize(static_cast<size_t>(m) * G * n);
+    s.part.resize(static_cast<size_t>(m) * G);  // softmax denominators per query and head
+    for (int j = 0; j < m; ++j) s.p[j].resize(static_cast<size_t>(G) * s.lists[j].size());
     for (int g = 0; g < a.HKV; ++g) {
         const float* k = a.kbuf + g * a.cap * n;
         const float* v = a.vbuf + g * a.cap * n;
