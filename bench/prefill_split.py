@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import dsa
+from bench.document import document_ids
 from dsa.longctx import set_context
 
 
@@ -31,11 +32,7 @@ def main() -> None:
     from docreader import models
     lm = models.load(None, dtype="float32")
     model = lm.model
-    try:
-        text = Path(args.document).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: {args.document}: cannot read as UTF-8 text ({e.__class__.__name__})")
-    ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, : args.tokens]
+    ids = document_ids(args.document, lm.tokenizer)[None, : args.tokens]
     L = ids.shape[1]
     set_context(model, L + 1)
     dsa.set_mode(model, args.mode)

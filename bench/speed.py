@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import dsa
+from bench.document import document_ids
 from dsa.longctx import set_context
 
 
@@ -149,15 +150,7 @@ def main() -> None:
             models.install_default(progress=print)
         lm = models.load(args.model, dtype=dtype)
     model = lm.model.to(args.device)
-    text_ids = None
-    if args.text:
-        try:
-            text = Path(args.text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SystemExit(f"error: {args.text}: cannot read as UTF-8 text ({e.__class__.__name__})")
-        text_ids = torch.tensor(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if len(text_ids) == 0:
-            raise SystemExit(f"error: {args.text}: no text")
+    text_ids = document_ids(args.text, lm.tokenizer, add_special_tokens=False) if args.text else None
     cfg = model.dsa_state.config
     lengths = [int(v) for v in args.lengths.split(",")]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import dsa
+from bench.document import document_ids
 from dsa import flex
 from dsa.attention import _block_means
 from dsa.longctx import set_context
@@ -51,8 +52,7 @@ def main() -> None:
     from docreader import models
     lm = models.load(None, dtype="float32")
     model, cfg = lm.model, lm.model.dsa_state.config
-    text = Path(args.document).read_text(encoding="utf-8", errors="replace")
-    ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, : args.tokens]
+    ids = document_ids(args.document, lm.tokenizer)[None, : args.tokens]
     L = ids.shape[1]
     S = args.sample
     regions = [(L // 4, L // 4 + S), (L // 2, L // 2 + S), (L - S, L)]
