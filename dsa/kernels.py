@@ -4,10 +4,13 @@ Why a kernel: a CPU decode step through PyTorch ops is bound by per-op overhead 
 sparse layer), and a prefill chunk attends the union of its queries' selections. The kernel runs both
 stages and the attention per query, reading only that query's keys. No torch headers, so it builds in
 about a second; the shared object is cached under `$DSA_KERNEL_DIR` (default `~/.cache/dsa/kernels`),
-keyed by the source, the flags and the CPU (it is built with -march=native).
+keyed by the source, the flags and the CPU.
 
-If g++ is missing or the build fails, `available()` is False and DSA uses its PyTorch path (same
-selections). `DSA_KERNELS=0` turns the kernel off.
+It is built for the CPU it runs on (-march=native on x86, -mcpu=native elsewhere, then portable flags if
+those fail), so its vector paths are AVX-512 or AVX2 as the CPU has them, scalar loops otherwise; `isa()`
+says which. `DSA_KERNEL_ISA=avx2` builds the AVX2 paths on an AVX-512 CPU and `scalar` none (to measure
+them). If g++ is missing or every build fails, `available()` is False and DSA uses its PyTorch path (same
+selections, slower: `dsa.attention` warns once). `DSA_KERNELS=0` turns the kernel off.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from pathlib import Path
 import torch
 
 SRC = Path(__file__).with_name("csrc") / "select_attend.cpp"
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+BASE = ["-O3", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+ISA_FLAGS = {"native": [], "avx2": ["-mno-avx512f"], "scalar": ["-mno-avx", "-mno-fma"]}
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
 _error = ""
 _openmp = False  # built with OpenMP: decode steps split over threads
+_flags: list[str] = []  # the flags of the loaded build
 
 _i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _ptr = ctypes.c_void_p
@@ -57,19 +62,39 @@ def _compile(flags: list[str]) -> Path:
     return so
 
 
+def flag_sets() -> list[list[str]]:
+    """Compiler flags to try in order: tuned for this CPU first, then portable. -mprefer-vector-width and the
+    ISA switches exist on x86 only; aarch64 g++ takes -mcpu=native."""
+    isa = os.environ.get("DSA_KERNEL_ISA", "native")
+    if isa not in ISA_FLAGS:
+        raise RuntimeError(f"DSA_KERNEL_ISA must be one of {', '.join(ISA_FLAGS)}, got {isa!r}")
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
+        return [BASE + ["-march=native", "-mprefer-vector-width=512", *ISA_FLAGS[isa]], BASE]
+    return [BASE + ["-mcpu=native"], BASE + ["-march=native"], BASE]
+
+
 def _build() -> ctypes.CDLL:
     # With OpenMP the kernel splits a decode step's single query over PyTorch's own OpenMP threads (the .so
-    # binds to the libgomp.so.1 torch has loaded); without it, decode runs on one thread.
-    global _openmp
-    try:  # a libgomp older than the compiler's would fail to load: then the build without OpenMP
-        lib, _openmp = ctypes.CDLL(str(_compile(FLAGS + ["-fopenmp"]))), True
-    except (RuntimeError, OSError):
-        lib, _openmp = ctypes.CDLL(str(_compile(FLAGS))), False
-    fn = lib.dsa_select_attend
-    fn.restype = _int
-    fn.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr,
-                   _int, _int, _int, _int, _int, _int, _int, _int, _int, _int, _f32, _int]
-    return lib
+    # binds to the libgomp.so.1 torch has loaded); without it, decode runs on one thread. A libgomp older than
+    # the compiler's would fail to load: then the build without OpenMP; a flag the compiler rejects: the next set.
+    global _openmp, _flags
+    errors = []
+    for flags in flag_sets():
+        for omp in (True, False):
+            fl = flags + (["-fopenmp"] if omp else [])
+            try:
+                lib = ctypes.CDLL(str(_compile(fl)))
+            except (RuntimeError, OSError) as e:
+                errors.append(str(e).splitlines()[-1] if str(e) else type(e).__name__)
+                continue
+            _openmp, _flags = omp, fl
+            fn = lib.dsa_select_attend
+            fn.restype = _int
+            fn.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
+                           _int, _int, _int, _int, _int, _int, _int, _int, _int, _int, _f32, _int]
+            lib.dsa_kernel_isa.restype = ctypes.c_char_p
+            return lib
+    raise RuntimeError("; ".join(dict.fromkeys(errors)))
 
 
 def available() -> bool:
@@ -80,6 +105,8 @@ def available() -> bool:
     if _lib is False:
         try:
             _lib = _build()
+        except FileNotFoundError:
+            _lib, _error = None, "g++ not found"
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _lib, _error = None, f"{type(e).__name__}: {e}"
     return _lib is not None
@@ -88,6 +115,18 @@ def available() -> bool:
 def openmp() -> bool:
     """True when the loaded kernel was built with OpenMP (a decode step's query is split over threads)."""
     return available() and _openmp
+
+
+def isa() -> str:
+    """The loaded build's vector paths: "avx512", "avx2" or "scalar" ("" when the kernel is unavailable)."""
+    return _lib.dsa_kernel_isa().decode() if available() else ""
+
+
+def describe() -> str:
+    """What runs DSA's CPU sparse path, for logs: e.g. "kernel/avx2+openmp" or "torch (g++ not found)"."""
+    if available():
+        return f"kernel/{isa()}" + ("+openmp" if _openmp else "")
+    return f"torch ({build_error() or 'DSA_KERNELS=0'})"
 
 
 def build_error() -> str:
@@ -102,9 +141,12 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means: torch.Tensor, qpos: torch.Tensor,
                   query: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, cfg, scaling: float,
-                  out: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, tuple[float, float]]:
+                  out: torch.Tensor, threads: int | None = None, stats: dict | None = None
+                  ) -> tuple[torch.Tensor, tuple[float, float]]:
     """Both stages and the attention for C queries of one batch row; writes `out` [C, H, D] and returns the
-    number of keys each query read [C] and the (selection, attention) seconds summed over threads.
+    number of keys each query read [C] and the (selection, attention) seconds summed over threads. `stats`, when
+    given, gains the paths taken: tiles_dense / tiles_sparse (prefill tiles through dense products or row by
+    row), decoded (queries attended alone) and threads (the most the runtime granted).
     threads (default torch's): many queries go one per thread; fewer than 8 split each query's work.
 
     qi [C, H_I, d_I], wi [C, H_I], keys [L, d_I] (rows contiguous), means [nb, d_I], qpos [C] long,
@@ -121,8 +163,16 @@ def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means:
         raise ValueError("select_attend: kbuf, vbuf and out must be contiguous")
     nread = torch.empty(C, dtype=torch.int64)
     phase = (ctypes.c_double * 2)()
+    counts = (ctypes.c_int64 * 4)()
     _lib.dsa_select_attend(C, qi.data_ptr(), wi.data_ptr(), keys.data_ptr(), means.data_ptr(), means.shape[0],
                            qpos.data_ptr(), query.data_ptr(), kbuf.data_ptr(), vbuf.data_ptr(), kbuf.shape[1],
-                           out.data_ptr(), nread.data_ptr(), phase, HI, DI, H, Hkv, D, cfg.block_size, cfg.n_blocks,
+                           out.data_ptr(), nread.data_ptr(), phase, counts, HI, DI, H, Hkv, D, cfg.block_size, cfg.n_blocks,
                            cfg.top_k, cfg.sink_tokens, cfg.local_window, float(scaling), threads or torch.get_num_threads())
+    if stats is not None:
+        for i, name in enumerate(STAT_NAMES[:3]):
+            stats[name] = stats.get(name, 0) + counts[i]
+        stats["threads"] = max(stats.get("threads", 0), counts[3])
     return nread, (phase[0], phase[1])
+
+
+STAT_NAMES = ("tiles_dense", "tiles_sparse", "decoded", "threads")

@@ -18,54 +18,38 @@ inline float index_score(const float* q, const float* w, const float* k, int HI,
     return s == 0.f ? static_cast<float>(pos) * 1e-30f : s;
 }
 
-#if defined(__AVX512F__)
-// lane i of the result = the sum of v[i]'s 16 lanes, by the same addition tree for every i (so a token's
-// score does not depend on which lane it was computed in)
-inline __m512 sum16(const __m512* v) {
-    __m512 w[8], x[4];
-    for (int j = 0; j < 8; ++j)
-        w[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
-    for (int j = 0; j < 4; ++j) {
-        const __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
-        x[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-    const __m512 y01 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
-    const __m512 y23 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, 0x88), _mm512_shuffle_f32x4(y01, y23, 0xDD));
-}
-
-// index scores of 16 key rows at once: per head, one product vector per row, reduced together
+#if SIMD_W > 0
+// index scores of SIMD_W key rows at once: per head, one product vector per row, reduced together
 template <int DI>
-inline void index_score16(const float* q, const float* w, const float* const* rows, int HI, float* out) {
-    __m512 acc = _mm512_setzero_ps();
+inline void index_score_w(const float* q, const float* w, const float* const* rows, int HI, float* out) {
+    vf acc = vzero();
     for (int h = 0; h < HI; ++h) {
-        __m512 v[16];
-        for (int i = 0; i < 16; ++i) {
-            __m512 p = _mm512_mul_ps(_mm512_loadu_ps(rows[i]), _mm512_loadu_ps(q + h * DI));
-            for (int d = 16; d < DI; d += 16)
-                p = _mm512_fmadd_ps(_mm512_loadu_ps(rows[i] + d), _mm512_loadu_ps(q + h * DI + d), p);
+        vf v[SIMD_W];
+        for (int i = 0; i < SIMD_W; ++i) {
+            vf p = vmul(vload(rows[i]), vload(q + h * DI));
+            for (int d = SIMD_W; d < DI; d += SIMD_W) p = vfmadd(vload(rows[i] + d), vload(q + h * DI + d), p);
             v[i] = p;
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(w[h]), _mm512_max_ps(sum16(v), _mm512_setzero_ps()), acc);
+        acc = vfmadd(vset1(w[h]), vmax(vsum_lanes(v), vzero()), acc);
     }
-    _mm512_storeu_ps(out, acc);
+    vstore(out, acc);
 }
 #endif
 
-// out[i] = index score of key row row(i) at position pos(i), for i in [lo, hi). Where AVX-512 is there and
-// d_I is a multiple of 16, 16 rows at a time (the last group padded by repeating a row): every row goes
+// out[i] = index score of key row row(i) at position pos(i), for i in [lo, hi). With SIMD and d_I a multiple
+// of the vector width, SIMD_W rows at a time (the last group padded by repeating a row): every row goes
 // through the same arithmetic, so prefill and decode score a token identically.
 template <int DI, class Row, class Pos>
 void score_rows(const float* q, const float* w, int HI, int di, int64_t lo, int64_t hi, const Row& row,
                 const Pos& pos, float* out) {
-#if defined(__AVX512F__)
-    if constexpr (DI > 0 && DI % 16 == 0) {
-        const float* rows[16];
-        float tmp[16];
-        for (int64_t i = lo; i < hi; i += 16) {
-            const int64_t m = std::min<int64_t>(16, hi - i);
-            for (int j = 0; j < 16; ++j) rows[j] = row(i + std::min<int64_t>(j, m - 1));
-            index_score16<DI>(q, w, rows, HI, tmp);
+#if SIMD_W > 0
+    if constexpr (DI > 0 && DI % SIMD_W == 0) {
+        const float* rows[SIMD_W];
+        float tmp[SIMD_W];
+        for (int64_t i = lo; i < hi; i += SIMD_W) {
+            const int64_t m = std::min<int64_t>(SIMD_W, hi - i);
+            for (int j = 0; j < SIMD_W; ++j) rows[j] = row(i + std::min<int64_t>(j, m - 1));
+            index_score_w<DI>(q, w, rows, HI, tmp);
             for (int j = 0; j < m; ++j) out[i + j] = tmp[j] == 0.f ? static_cast<float>(pos(i + j)) * 1e-30f : tmp[j];
         }
         return;

@@ -9,15 +9,14 @@
 //            score with block-mean keys, keep the top n_blocks (ties at exactly 0 ordered by recency);
 //   stage 2: candidates = non-forced causal tokens of sink, kept and local blocks; keep the top top_k;
 //   attend:  forced tokens (t < sink, qp - t < local, t == qp) + the kept candidates, in position order.
-// float32, contiguous rows. Built at first use by dsa/kernels.py (plain g++, no torch headers).
+// float32, contiguous rows. Vector paths (AVX-512 or AVX2, simd.h) where the build targets them, scalar loops
+// elsewhere. Built at first use by dsa/kernels.py (plain g++, no torch headers).
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #include <functional>
 #include <thread>
 #include <vector>
@@ -35,6 +34,7 @@ struct Args {
     float scaling;
 };
 
+#include "simd.h"
 #include "score.h"
 
 // fetch the row at t[i + ahead] while row t[i] is used: the rows are scattered, so the hardware prefetcher
@@ -79,22 +79,28 @@ void attend_group(const float* q, const float* k, const float* v, const int64_t*
     }
 }
 
-// f(part, lo, hi) over [0, n) cut into `parts` ranges, the caller's thread taking part 0. A decode step has a
-// single query: splitting its work over two cores doubles the cache misses in flight, which bound it.
+// f(part, lo, hi) over [0, n) cut into at most `parts` ranges, the caller's thread taking part 0; returns how
+// many parts ran. OpenMP may grant fewer threads than asked (OMP_DYNAMIC, OMP_THREAD_LIMIT, nested regions):
+// the ranges are cut by the team it actually gives, and callers merge only the parts that ran. A decode step
+// has a single query: splitting its work over two cores doubles the cache misses in flight, which bound it.
 template <class F>
-void parallel_ranges(int64_t n, int parts, const F& f) {
-    if (parts <= 1) { f(0, 0, n); return; }
+int parallel_ranges(int64_t n, int parts, const F& f) {
+    if (parts <= 1) { f(0, 0, n); return 1; }
 #ifdef _OPENMP
+    int used = 1;
 #pragma omp parallel num_threads(parts)
     {
         const int i = omp_get_thread_num(), k = omp_get_num_threads();
+        if (i == 0) used = k;
         f(i, n * i / k, n * (i + 1) / k);
     }
+    return used;
 #else
     std::vector<std::thread> pool;
     for (int i = 1; i < parts; ++i) pool.emplace_back(f, i, n * i / parts, n * (i + 1) / parts);
     f(0, 0, n / parts);
     for (auto& th : pool) th.join();
+    return parts;
 #endif
 }
 
@@ -112,6 +118,8 @@ struct Scratch {  // per-thread buffers, reused across queries
     std::vector<float> acc;                   // per query of a tile: [G * n] output accumulators
     std::vector<char> forced, keep;
     double select_s = 0, attend_s = 0;
+    int64_t tiles_dense = 0, tiles_sparse = 0, decoded = 0;  // which paths ran (reported to the caller)
+    int threads = 1;  // most threads a decode split actually ran on
 };
 
 // Both stages for query c: s.attend = the positions it attends, in order. `parts` > 1 splits the scoring
@@ -188,7 +196,7 @@ void attend_split(const Args& a, int64_t c, Scratch& s, int parts) {
     const int64_t T = static_cast<int64_t>(attend.size()), stride = G * n + 2 * G;
     s.p.resize(parts);
     s.part.resize(static_cast<size_t>(parts) * a.HKV * stride);
-    parallel_ranges(T, parts, [&](int k, int64_t lo, int64_t hi) {
+    parts = parallel_ranges(T, parts, [&](int k, int64_t lo, int64_t hi) {
         s.p[k].resize(static_cast<size_t>(G) * (hi - lo));
         for (int g = 0; g < a.HKV; ++g) {
             float* r = s.part.data() + (static_cast<size_t>(k) * a.HKV + g) * stride;
@@ -216,6 +224,7 @@ void attend_split(const Args& a, int64_t c, Scratch& s, int parts) {
             for (int d = 0; d < n; ++d) o[d] *= inv;
         }
     }
+    s.threads = std::max(s.threads, parts);
     s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
 }
 
@@ -227,6 +236,7 @@ void run_queries(const Args& a, int64_t c0, int m, Scratch& s, int parts) {
     if (m == 1) {
         select_query<DI>(a, c0, s, parts);
         attend_split<D>(a, c0, s, parts);
+        ++s.decoded;
         return;
     }
     s.lists.resize(TILE_Q);
@@ -237,14 +247,26 @@ void run_queries(const Args& a, int64_t c0, int m, Scratch& s, int parts) {
     attend_tile<D>(a, c0, m, s);
 }
 
+void report(const Scratch* s, int n, int threads, double* phase_s, int64_t* stats) {
+    for (int i = 0; i < n; ++i) {
+        if (phase_s) { phase_s[0] += s[i].select_s; phase_s[1] += s[i].attend_s; }
+        if (stats) { stats[0] += s[i].tiles_dense; stats[1] += s[i].tiles_sparse; stats[2] += s[i].decoded; }
+    }
+    if (stats) stats[3] = std::max<int64_t>(stats[3], threads);
+}
+
 }  // namespace
 
-// phase_s (may be null) receives the seconds spent selecting and attending, summed over threads
+// The vector instructions the fast paths were built with: "avx512", "avx2" or "scalar".
+extern "C" const char* dsa_kernel_isa() { return SIMD_ISA; }
+
+// phase_s (may be null) receives the seconds spent selecting and attending, summed over threads; stats (may
+// be null) adds [tiles attended by dense products, tiles attended row by row, queries decoded alone, threads]
 extern "C" int dsa_select_attend(
     int64_t C, const float* qi, const float* wi, const float* keys, const float* means, int64_t nb,
     const int64_t* qpos, const float* query, const float* kbuf, const float* vbuf, int64_t cap, float* out,
-    int64_t* nread, double* phase_s, int HI, int DI, int H, int HKV, int D, int bs, int n_blocks, int top_k,
-    int sink, int local, float scaling, int threads) {
+    int64_t* nread, double* phase_s, int64_t* stats, int HI, int DI, int H, int HKV, int D, int bs, int n_blocks,
+    int top_k, int sink, int local, float scaling, int threads) {
     Args a{qi, wi, keys, means, qpos, query, kbuf, vbuf, out, nread, phase_s, cap, nb,
            HI, DI, H, HKV, D, bs, n_blocks, top_k, sink, local, scaling};
     void (*fn)(const Args&, int64_t, int, Scratch&, int) =  // shapes of the supported models, unrolled; others generic
@@ -259,19 +281,19 @@ extern "C" int dsa_select_attend(
 #endif
         Scratch s;
         for (int64_t c = 0; c < C; ++c) fn(a, c, 1, s, parts);
-        if (phase_s) { phase_s[0] += s.select_s; phase_s[1] += s.attend_s; }
+        report(&s, 1, s.threads, phase_s, stats);
         return 0;
     }
-    // prefill: tiles of TILE_Q neighbouring queries, dealt to threads in turn (later tiles cost more)
+    // prefill: tiles of TILE_Q neighbouring queries, each thread taking the next undone tile (later tiles cost
+    // more), so every tile is attended whatever number of threads the runtime grants
     const int64_t tiles = (C + TILE_Q - 1) / TILE_Q;
-    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, tiles));
+    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tiles)));
     std::vector<Scratch> scratch(nt);
-    parallel_ranges(nt, static_cast<int>(nt), [&](int t, int64_t, int64_t) {
-        for (int64_t r = t; r < tiles; r += nt)
+    std::atomic<int64_t> next{0};
+    const int used = parallel_ranges(nt, nt, [&](int t, int64_t, int64_t) {
+        for (int64_t r; (r = next.fetch_add(1)) < tiles;)
             fn(a, r * TILE_Q, static_cast<int>(std::min<int64_t>(TILE_Q, C - r * TILE_Q)), scratch[t], 1);
     });
-    if (phase_s) {
-        for (const auto& sc : scratch) { phase_s[0] += sc.select_s; phase_s[1] += sc.attend_s; }
-    }
+    report(scratch.data(), nt, used, phase_s, stats);
     return 0;
 }

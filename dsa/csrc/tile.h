@@ -2,14 +2,14 @@
 // after Args, Scratch, prefetch_row and dot; not a standalone header).
 #pragma once
 
-#if defined(__AVX512F__)
+#if SIMD_W > 0
 // The tile's union rows as small dense products, for tiles whose queries overlap a lot (a trained indexer's
-// neighbours): lane l = j * G + h is query j's head h (at most 32 lanes), S[u][l] its score for union row u.
-// Rows a query did not select are masked out of its softmax, so each query still attends exactly its own
-// keys; the products run at the FMA units' rate instead of one scattered row at a time. For KV head g.
+// neighbours): lane l = j * G + h is query j's head h (at most 32 lanes, NV vectors), S[u][l] its score for
+// union row u. Rows a query did not select are masked out of its softmax, so each query still attends exactly
+// its own keys; the products run at the FMA units' rate instead of one scattered row at a time. For KV head g.
 template <int D>
 void attend_tile_dense_head(const Args& a, int64_t c0, int m, int g, const uint32_t* lanes, Scratch& s) {
-    constexpr int n = D;
+    constexpr int n = D, NV = 32 / SIMD_W, R = 8 / NV;  // R union rows per step: R * NV accumulators
     const int G = a.H / a.HKV, L = m * G;
     const int64_t U = static_cast<int64_t>(s.uni.size());
     const float* k = a.kbuf + g * a.cap * n;
@@ -21,68 +21,63 @@ void attend_tile_dense_head(const Args& a, int64_t c0, int m, int g, const uint3
     }
     s.acc.resize(static_cast<size_t>(U) * 32);
     float* S = s.acc.data();
-    for (int64_t u = 0; u < U; u += 4) {  // scores, 4 rows at a time
-        const float* kr[4];
-        for (int i = 0; i < 4; ++i) kr[i] = k + s.uni[std::min<int64_t>(u + i, U - 1)] * n;
-        __m512 acc[4][2];
-        for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t u = 0; u < U; u += R) {  // scores, R rows at a time
+        const float* kr[R];
+        for (int i = 0; i < R; ++i) kr[i] = k + s.uni[std::min<int64_t>(u + i, U - 1)] * n;
+        vf acc[R][NV];
+        for (int i = 0; i < R; ++i)
+            for (int j = 0; j < NV; ++j) acc[i][j] = vzero();
         for (int d = 0; d < n; ++d) {
-            const __m512 q0 = _mm512_load_ps(qt + d * 32), q1 = _mm512_load_ps(qt + d * 32 + 16);
-            for (int i = 0; i < 4; ++i) {
-                const __m512 b = _mm512_set1_ps(kr[i][d]);
-                acc[i][0] = _mm512_fmadd_ps(b, q0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(b, q1, acc[i][1]);
+            vf qv[NV];
+            for (int j = 0; j < NV; ++j) qv[j] = vload(qt + d * 32 + j * SIMD_W);
+            for (int i = 0; i < R; ++i) {
+                const vf b = vset1(kr[i][d]);
+                for (int j = 0; j < NV; ++j) acc[i][j] = vfmadd(b, qv[j], acc[i][j]);
             }
         }
-        for (int i = 0; i < 4 && u + i < U; ++i) {
-            _mm512_storeu_ps(S + (u + i) * 32, acc[i][0]);
-            _mm512_storeu_ps(S + (u + i) * 32 + 16, acc[i][1]);
-        }
+        for (int i = 0; i < R && u + i < U; ++i)
+            for (int j = 0; j < NV; ++j) vstore(S + (u + i) * 32 + j * SIMD_W, acc[i][j]);
     }
     // softmax over each lane's own rows: max, then exp (exp(min(x - max, 0)): non-member rows cannot overflow)
-    __m512 mx0 = _mm512_set1_ps(-3.0e38f), mx1 = mx0;
+    vf mx[NV], sum[NV];
+    for (int j = 0; j < NV; ++j) { mx[j] = vset1(-3.0e38f); sum[j] = vzero(); }
     for (int64_t u = 0; u < U; ++u) {
         const uint32_t lm = lanes[s.members[u]];
-        mx0 = _mm512_mask_max_ps(mx0, static_cast<__mmask16>(lm), mx0, _mm512_loadu_ps(S + u * 32));
-        mx1 = _mm512_mask_max_ps(mx1, static_cast<__mmask16>(lm >> 16), mx1, _mm512_loadu_ps(S + u * 32 + 16));
+        for (int j = 0; j < NV; ++j)
+            mx[j] = vmask_max(mx[j], lane_mask(lm >> (j * SIMD_W)), vload(S + u * 32 + j * SIMD_W));
     }
-    alignas(64) float mx[32];
-    _mm512_store_ps(mx, mx0);
-    _mm512_store_ps(mx + 16, mx1);
-    for (int64_t i = 0; i < U * 32; ++i) S[i] = std::exp(std::min(S[i] - mx[i % 32], 0.f));
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
+    alignas(64) float mxs[32], sums[32];
+    for (int j = 0; j < NV; ++j) vstore(mxs + j * SIMD_W, mx[j]);
+    for (int64_t i = 0; i < U * 32; ++i) S[i] = std::exp(std::min(S[i] - mxs[i % 32], 0.f));
     for (int64_t u = 0; u < U; ++u) {  // zero the rows a lane did not select; sum the rest
         const uint32_t lm = lanes[s.members[u]];
-        const __m512 p0 = _mm512_maskz_mov_ps(static_cast<__mmask16>(lm), _mm512_loadu_ps(S + u * 32));
-        const __m512 p1 = _mm512_maskz_mov_ps(static_cast<__mmask16>(lm >> 16), _mm512_loadu_ps(S + u * 32 + 16));
-        _mm512_storeu_ps(S + u * 32, p0);
-        _mm512_storeu_ps(S + u * 32 + 16, p1);
-        sum0 = _mm512_add_ps(sum0, p0);
-        sum1 = _mm512_add_ps(sum1, p1);
+        for (int j = 0; j < NV; ++j) {
+            const vf p = vmaskz(lane_mask(lm >> (j * SIMD_W)), vload(S + u * 32 + j * SIMD_W));
+            vstore(S + u * 32 + j * SIMD_W, p);
+            sum[j] = vadd(sum[j], p);
+        }
     }
-    alignas(64) float sum[32];
-    _mm512_store_ps(sum, sum0);
-    _mm512_store_ps(sum + 16, sum1);
-    // outputs: 16 lanes x 16 dims at a time, over every union row
-    for (int l0 = 0; l0 < L; l0 += 16) {
-        for (int d0 = 0; d0 < n; d0 += 16) {
-            __m512 o[16];
-            for (int l = 0; l < 16; ++l) o[l] = _mm512_setzero_ps();
+    for (int j = 0; j < NV; ++j) vstore(sums + j * SIMD_W, sum[j]);
+    // outputs: SIMD_W lanes x SIMD_W dims at a time, over every union row
+    for (int l0 = 0; l0 < L; l0 += SIMD_W) {
+        for (int d0 = 0; d0 < n; d0 += SIMD_W) {
+            vf o[SIMD_W];
+            for (int l = 0; l < SIMD_W; ++l) o[l] = vzero();
             for (int64_t u = 0; u < U; ++u) {
-                const __m512 vr = _mm512_loadu_ps(v + s.uni[u] * n + d0);
+                const vf vr = vload(v + s.uni[u] * n + d0);
                 const float* pu = S + u * 32 + l0;
-                for (int l = 0; l < 16; ++l) o[l] = _mm512_fmadd_ps(_mm512_set1_ps(pu[l]), vr, o[l]);
+                for (int l = 0; l < SIMD_W; ++l) o[l] = vfmadd(vset1(pu[l]), vr, o[l]);
             }
-            for (int l = 0; l < 16 && l0 + l < L; ++l) {
+            for (int l = 0; l < SIMD_W && l0 + l < L; ++l) {
                 const int lane = l0 + l;
                 float* dst = a.out + ((c0 + lane / G) * a.H + g * G + lane % G) * n + d0;
-                _mm512_storeu_ps(dst, _mm512_mul_ps(o[l], _mm512_set1_ps(1.f / sum[lane])));
+                vstore(dst, vmul(o[l], vset1(1.f / sums[lane])));
             }
         }
     }
 }
 
-// keys; the products run at the FMA units' rate instead of one scattered row at a time.
+// A tile through dense products over its union rows, one KV head at a time.
 template <int D>
 void attend_tile_dense(const Args& a, int64_t c0, int m, Scratch& s) {
     const int G = a.H / a.HKV;
@@ -120,17 +115,19 @@ void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
         s.members.push_back(bits);
     }
     const int64_t U = static_cast<int64_t>(s.uni.size());
-#if defined(__AVX512F__)
-    if constexpr (D > 0 && D % 16 == 0) {
+#if SIMD_W > 0
+    if constexpr (D > 0 && D % SIMD_W == 0) {
         int64_t total = 0;
         for (int j = 0; j < m; ++j) total += static_cast<int64_t>(s.lists[j].size());
         if (m * G <= 32 && U * 10 <= total * 3) {  // the union is under 30% of the rows read one query at a time
             attend_tile_dense<D>(a, c0, m, s);
+            ++s.tiles_dense;
             s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
             return;
         }
     }
 #endif
+    ++s.tiles_sparse;
     s.p.resize(m);
     s.acc.resize(static_cast<size_t>(m) * G * n);
     s.part.resize(static_cast<size_t>(m) * G);  // softmax denominators per query and head
