@@ -53,11 +53,29 @@ def _overrides(top_k, n_blocks, local_window, sink_tokens) -> dict:
     return {"top_k": top_k, "n_blocks": n_blocks, "local_window": local_window, "sink_tokens": sink_tokens}
 
 
-def _print_spans(spans: list[dict], limit: int, quote_chars: int = 160) -> None:
+SPAN_HEADERS = {
+    "sparse": "Selected source spans (what the indexer chose among what the sparse attention read; not proof of use):",
+    "dense": "Indexer spans (dense attention read every key; these are what the indexer would have chosen):",
+}
+
+
+def _provenance_line(prov: dict | None) -> str:
+    """One line naming what produced the spans: indexer weights, backend, weighting, code."""
+    if not prov:
+        return "spans from: (not recorded for answers logged before provenance was stored)"
+    ix = prov["indexer"]
+    indexer = f"indexer {ix['sha256'][:12]}" if ix.get("trained") else f"untrained indexer (seed {ix['seed']})"
+    backend = prov.get("cpu_kernel") or prov.get("device")
+    paths = ", ".join(f"{k} {v:,}" for k, v in prov.get("paths", {}).items())
+    return (f"spans from: {indexer} · {prov['attention']} attention · {backend} · queries by path: {paths or '-'} · "
+            f"weighting {prov['weighting']} · code {prov['code']['code_sha256']}")
+
+
+def _print_spans(spans: list[dict], limit: int, mode: str = "sparse", quote_chars: int = 160) -> None:
     if not spans:
         typer.echo("\n(no document spans were selected)")
         return
-    typer.echo("\nSelected source spans (what the sparse attention read, ranked by indexer selection weight):")
+    typer.echo("\n" + SPAN_HEADERS[mode])
     for s in spans[:limit]:
         text = " ".join(s["text"].split())
         if len(text) > quote_chars:
@@ -101,7 +119,8 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     typer.echo("")
-    _print_spans(out["spans"], spans)
+    _print_spans(out["spans"], spans, ans.mode)
+    typer.echo(_provenance_line(out["provenance"]))
     t = out["timings"]
     typer.echo(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
                f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · prefill {t['prefill_s']:.1f}s · "
@@ -158,7 +177,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         if ans.dropped_turns:
             typer.echo(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "
                        f"were left out of the context)")
-        _print_spans(ans.to_json()["spans"], spans)
+        _print_spans(ans.to_json()["spans"], spans, ans.mode)
         history.append((q, ans.text))
 
 
@@ -174,6 +193,7 @@ def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreade
     out = {**{k: row[k] for k in ("id", "session_id", "question", "answer", "model", "mode", "created",
                                   "prompt_tokens", "document_tokens", "new_tokens", "prefill_s", "decode_s")},
            "dsa": json.loads(row["dsa"]), "document": {"path": doc["path"], "sha256": doc["id"]},
+           "provenance": json.loads(row["provenance"]) if row.get("provenance") else None,
            "spans": [{"rank": s["rank"], "score": s["score"], "text": text[s["char_start"]:s["char_end"]],
                       **json.loads(s["location"])} for s in row["spans"]]}
     if json_out:
@@ -181,7 +201,8 @@ def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreade
         return
     typer.echo(f"Answer #{out['id']} · {out['created']} · {out['model']} ({out['mode']} attention)\n"
                f"Document: {doc['path']}\nQ: {out['question']}\nA: {out['answer']}")
-    typer.echo("\nSelected/attended spans (indexer selections; not proof of use):")
+    typer.echo("\n" + SPAN_HEADERS.get(out["mode"], SPAN_HEADERS["sparse"]))
+    typer.echo(_provenance_line(out["provenance"]))
     for s in out["spans"][:spans]:
         typer.echo(f"\n  {s['rank']:>2}. {s['label']} · chars {s['char_start']}–{s['char_end']} · score {s['score']:.4f}")
         for line in s["text"].strip().splitlines() or [""]:

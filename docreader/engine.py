@@ -22,7 +22,7 @@ from .errors import DocreaderError
 from .generate import generate
 from .loaders import load as load_document
 from .prompt import Prompt, build, tokenize_document
-from .provenance import SelectionAccumulator, Span, spans_from_weights
+from .provenance import SelectionAccumulator, Span, record_ranges, spans_from_weights
 
 _MODELS: dict[tuple, models.LoadedModel] = {}  # one load per (model, knobs) per process
 
@@ -57,6 +57,7 @@ class Answer:
     timings: dict = field(default_factory=dict)  # load_s, prefill_s, decode_s, tokens_per_s, phases
     id: int | None = None  # the answer's row in the log (None when not logged)
     session_id: str | None = None
+    provenance: dict = field(default_factory=dict)  # what produced the spans: `models.provenance_info`
 
     def to_json(self) -> dict:
         return {"id": self.id, "session_id": self.session_id, "question": self.question, "answer": self.text,
@@ -66,6 +67,7 @@ class Answer:
                 "tokens": {"prompt": self.prompt_tokens, "document": self.document_tokens, "new": self.new_tokens},
                 "dropped_turns": self.dropped_turns, "stop_reason": self.stop_reason,
                 "rope_factor": self.rope_factor, "native_window": self.native_window, "timings": self.timings,
+                "provenance": self.provenance,
                 "spans": [{"rank": s.rank, "score": round(s.score, 6), "text": s.text, **s.location}
                           for s in self.spans]}
 
@@ -75,8 +77,10 @@ class Reader:
 
     system: str | None = None  # replaces prompts/system.txt when set
 
-    def __init__(self, model: str | None = None, overrides: dict | None = None, db_path: str | Path | None = None):
+    def __init__(self, model: str | None = None, overrides: dict | None = None, db_path: str | Path | None = None,
+                 weighting: str = "choice"):
         self.spec = model
+        self.weighting = weighting  # how spans weigh the recorded keys: see docreader.provenance
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.db_path = db_path
         self._lm: models.LoadedModel | None = None
@@ -118,7 +122,8 @@ class Reader:
         p = self.prompt(document, question, history, max_new_tokens)
         model, cfg = lm.model, lm.model.dsa_state.config
         factor = set_context(model, len(p.input_ids) + max_new_tokens)
-        acc = SelectionAccumulator(len(p.input_ids) + max_new_tokens, record_from=p.doc_end)
+        acc = SelectionAccumulator(len(p.input_ids) + max_new_tokens, ranges=record_ranges(p),
+                                   weighting=self.weighting)
         mode = "dense" if dense else "sparse"
         previous = cfg.mode
         key = (lm.name, mode, factor, hash(tuple(p.input_ids[: p.doc_end])))
@@ -127,11 +132,13 @@ class Reader:
         cached = cache.get_seq_length()
         self._prefix = None  # until this generation finishes, the cache is not a clean prefix
         dsa.set_mode(model, mode)
+        dsa.take_paths(model)
         try:
             with dsa.recording(model, acc.recorder), dsa.profiling(model) as phases:
                 gen = generate(model, lm.tokenizer, p.input_ids, max_new_tokens, on_text=on_text, cache=cache)
         finally:
             dsa.set_mode(model, previous)
+            paths = dsa.take_paths(model)
         cache.crop(p.doc_end)
         self._prefix = (key, cache)
         spans = spans_from_weights(acc.weights, acc.rows, p, document, cfg.sink_tokens, max_spans=max_spans)
@@ -142,7 +149,8 @@ class Reader:
                       "decode_s": round(gen.decode_s, 3), "tokens_per_s": round(gen.tokens_per_s, 2), "cached_prefix_tokens": cached,
                       "phases_s": {k: round(v, 3) for k, v in phases.items() if k != "keys_read"},
                       "keys_read": int(phases.get("keys_read", 0))},
-                     session_id=session_id)
+                     session_id=session_id,
+                     provenance=models.provenance_info(lm, mode, paths, self.weighting))
         if log:
             ans.id = self.save(ans)
         return ans
@@ -153,7 +161,7 @@ class Reader:
                "document_tokens": ans.document_tokens, "new_tokens": ans.new_tokens,
                "dropped_turns": ans.dropped_turns, "load_s": ans.timings["load_s"],
                "prefill_s": ans.timings["prefill_s"], "decode_s": ans.timings["decode_s"],
-               "tokens_per_s": ans.timings["tokens_per_s"]}
+               "tokens_per_s": ans.timings["tokens_per_s"], "provenance": json.dumps(ans.provenance)}
         spans = [{"rank": s.rank, "char_start": s.char_start, "char_end": s.char_end, "page": s.location.get("page"),
                   "label": s.location.get("label", ""), "score": s.score, "location": json.dumps(s.location)}
                  for s in ans.spans]

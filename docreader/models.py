@@ -9,6 +9,7 @@ save a safetensors directory under $DOCREADER_HOME/models, so later loads take a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -179,6 +180,55 @@ def resolve(spec: str | None) -> tuple[str, Path | str]:
 
 
 _warned: set[str] = set()
+UNTRAINED_SEED = 0  # the untrained-indexer fallback's initialisation
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _indexer_info(weights_dir: str | None) -> dict:
+    if weights_dir is None:
+        return {"trained": False, "seed": UNTRAINED_SEED}
+    f = Path(weights_dir) / "indexer.safetensors"
+    return {"trained": True, "file": str(f), "sha256": _sha256(f)}
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The package version and a hash of the code that selects and weighs spans (dsa/ and provenance)."""
+    import dsa
+    try:
+        version = metadata.version("docreader")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(dsa.__file__).parent
+    files = sorted([*root.glob("*.py"), *root.glob("csrc/*"), Path(__file__).with_name("provenance.py")])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return {"docreader": version, "code_sha256": h.hexdigest()[:16]}
+
+
+def provenance_info(lm: "LoadedModel", mode: str, paths: dict, weighting: str) -> dict:
+    """What produced an answer's spans, for `--json` and the log: indexer weights, DSA config, the backend
+    and the paths its queries took, how spans weigh the record, code version."""
+    from dsa import kernels
+    device = next(lm.model.parameters()).device.type
+    served = {k: v for k, v in paths.items() if k in ("kernel", "flex", "torch", "dense")}
+    return {"indexer": _indexer_info(lm.indexer_weights), "dsa": dataclasses.asdict(lm.model.dsa_state.config) | {"mode": mode},
+            "attention": mode, "device": device,
+            "cpu_kernel": kernels.describe() if device == "cpu" else None,
+            "paths": served, "kernel_paths": {k: v for k, v in paths.items() if k not in served},
+            "weighting": weighting if mode == "sparse" else "choice",
+            "spans_are": ("what the indexer chose among the keys the sparse attention read" if mode == "sparse"
+                          else "what the indexer would have chosen; attention was dense and read every key"),
+            "code": code_version()}
 
 
 def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "float32") -> LoadedModel:
@@ -211,11 +261,12 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
     shipped = dsa.find_shipped(model.config)
     cfg = dsa.DSAConfig.load(shipped / "dsa_config.json") if shipped else dsa.DSAConfig()
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (overrides or {}).items() if v is not None})
-    dsa.attach(model, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(UNTRAINED_SEED)  # before the indexers are initialised: the fallback is reproducible
+        dsa.attach(model, cfg)
     if shipped:
         dsa.load_indexer(model, shipped)
     else:
-        torch.manual_seed(0)  # the fallback is at least reproducible
         if name not in _warned:
             _warned.add(name)
             print(f"warning: no trained indexer for {name}; selections come from an untrained indexer and "

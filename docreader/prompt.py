@@ -30,6 +30,7 @@ class Prompt:
     dropped_turns: int = 0  # earlier turns left out to fit the window
     history_turns: int = 0
     meta: dict = field(default_factory=dict)
+    question_span: tuple[int, int] = (0, 0)  # [start, end) of the current question's tokens in input_ids
 
     @property
     def doc_end(self) -> int:
@@ -72,13 +73,16 @@ def tokenize_document(tokenizer, text: str) -> tuple[list[int], list[tuple[int, 
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def _render(tokenizer, msgs: list[dict], texts: dict[str, str], doc_ids: list[int]) -> tuple[list[int], int]:
+def _render(tokenizer, msgs: list[dict], texts: dict[str, str], doc_ids: list[int]
+            ) -> tuple[list[int], int, dict[str, tuple[int, int]]]:
     """The chat template's ids with every slot filled: our template text may hold control tokens, user
-    text (questions, answers) never does. -> (input_ids, index of the first document token)."""
+    text (questions, answers) never does. -> (input_ids, index of the first document token, slot key ->
+    [start, end) of its tokens)."""
     rendered = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     parts = _SLOT.split(rendered.replace(SENTINEL, _slot("DOC")))  # text, key, text, key, ..., text
     ids: list[int] = []
     doc_start = -1
+    where: dict[str, tuple[int, int]] = {}
     for i, part in enumerate(parts):
         if i % 2 == 0:
             ids += tokenizer(part, add_special_tokens=False)["input_ids"] if part else []
@@ -86,8 +90,10 @@ def _render(tokenizer, msgs: list[dict], texts: dict[str, str], doc_ids: list[in
             doc_start = len(ids)
             ids += doc_ids
         else:
+            start = len(ids)
             ids += tokenizer(texts[part], add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    return ids, doc_start
+            where[part] = (start, len(ids))
+    return ids, doc_start, where
 
 
 def build(tokenizer, document: Document, question: str, history: list[tuple[str, str]] | None = None,
@@ -102,10 +108,11 @@ def build(tokenizer, document: Document, question: str, history: list[tuple[str,
     dropped = 0
     while True:
         msgs, texts = messages_for(document, question, history[dropped:], system)
-        input_ids, doc_start = _render(tokenizer, msgs, texts, ids)
+        input_ids, doc_start, where = _render(tokenizer, msgs, texts, ids)
         total = len(input_ids)
         if total + max_new_tokens <= window:
-            return Prompt(input_ids, doc_start, offsets, dropped, len(history) - dropped)
+            return Prompt(input_ids, doc_start, offsets, dropped, len(history) - dropped,
+                          question_span=where[f"Q{len(history) - dropped}"])
         if dropped < len(history):
             dropped += 1
             continue

@@ -1,10 +1,15 @@
 """From indexer selections to scored character spans of the source.
 
-Every sparse layer reports, for each question and generated token, which keys its indexer selected by
-score (top-k picks and the local window; never the attention sink). Each query's selection is weighted by
-the softmax of its indexer scores, summed over queries and layers, and divided by their count: a token's
-weight is the average share of selection it received. Excerpts of ~32 tokens are ranked by the weight
-they received (never across a page or message boundary).
+Only the current question's tokens and the answer's are recorded (never the template, earlier turns or
+their answers: a follow-up's spans are its own). Each sparse layer reports, per recorded query, a weighted
+set of keys (see `dsa.record`):
+- "choice" (default): what the indexer chose among what the query attended, the forced local window
+  competing with the top-k picks instead of being counted whole; weighted by the softmax of the indexer
+  scores;
+- "attention": every attended key but the sink, weighted by its attention probability.
+Weights are summed over queries and layers and divided by their count: a token's weight is the average
+share it received. Excerpts of ~32 tokens are ranked by the weight they received (never across a page or
+message boundary).
 
 These are *selected/attended spans*: what the model's sparse attention read, not proof of what the
 answer relied on (bench/ measures how faithful they are).
@@ -22,18 +27,28 @@ from .document import Document
 from .prompt import Prompt
 
 
+def record_ranges(prompt: Prompt) -> list[tuple[int, int | None]]:
+    """Query positions whose selections are provenance: the current question, and from the last prompt token
+    on (it predicts the first answer token) every answer token."""
+    return [prompt.question_span, (len(prompt.input_ids) - 1, None)]
+
+
 class SelectionAccumulator:
     """Streams selections into per-token weights [seq_len] without keeping them."""
 
-    def __init__(self, seq_len: int, record_from: int):
+    def __init__(self, seq_len: int, record_from: int = 0, ranges: list | None = None, weighting: str = "choice"):
         self.weights = torch.zeros(seq_len + 4096, dtype=torch.float64)
         self.rows = 0
-        self.recorder = SelectionRecorder(record_from=record_from, on_select=self.add)
+        self.recorder = SelectionRecorder(record_from=record_from, on_select=self.add, ranges=ranges,
+                                          weighting=weighting)
 
     def add(self, sel: Selection) -> None:
         valid = sel.idx >= 0  # [C, K]
-        p = torch.softmax(sel.score.double().masked_fill(~valid, float("-inf")), dim=-1)
-        p = torch.nan_to_num(p, nan=0.0)
+        if sel.weight is not None:
+            p = sel.weight.double()
+        else:
+            p = torch.softmax(sel.score.double().masked_fill(~valid, float("-inf")), dim=-1)
+            p = torch.nan_to_num(p, nan=0.0)
         idx = sel.idx.clamp(min=0)
         need = int(idx.max()) + 1 if idx.numel() else 0
         if need > self.weights.shape[0]:

@@ -45,6 +45,13 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["spans"].create_index(["answer_id"])
 
 
+@migration
+def m002_provenance(db: sqlite_utils.Database) -> None:
+    """What produced each answer's spans: indexer weights (file + sha256, or untrained + seed), DSA config,
+    backend and kernel path, span weighting, code version (JSON; NULL for answers logged before)."""
+    db.conn.execute('ALTER TABLE "answers" ADD COLUMN "provenance" TEXT')
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 

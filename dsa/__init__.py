@@ -11,10 +11,11 @@
 from .cache import DSACache, cache_arg, output_cache
 from .config import DSAConfig
 from .indexer import LightningIndexer, index_scores
-from .patch import attach, detach, is_attached, new_cache, profiling, recording, set_mode
+from .patch import (attach, detach, is_attached, new_cache, profiling, recording, set_mode, take_paths,
+                    use_reference)
 from .record import Selection, SelectionRecorder
 from .weights import find_shipped, fingerprint, load_indexer, save_indexer
 
 __all__ = ["DSACache", "cache_arg", "output_cache", "DSAConfig", "LightningIndexer", "index_scores", "attach",
-           "detach", "is_attached", "new_cache", "profiling", "recording", "set_mode", "Selection",
-           "SelectionRecorder", "find_shipped", "fingerprint", "load_indexer", "save_indexer"]
+           "detach", "is_attached", "new_cache", "profiling", "recording", "set_mode", "take_paths", "use_reference",
+           "Selection", "SelectionRecorder", "find_shipped", "fingerprint", "load_indexer", "save_indexer"]

@@ -9,7 +9,9 @@ matrix is ever built on the sparse path.
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,7 +24,7 @@ from .cache import DSACache
 from .config import DSAConfig
 from .record import SelectionRecorder
 from .rope import rope_cos_sin
-from .select import attended_record, select_all_dense, select_chunk, select_last
+from .select import chosen_record, select_all_dense, select_chunk, select_last
 
 
 @dataclass
@@ -37,6 +39,38 @@ class DSAState:
     # post-RoPE query [B, H, Lq, D] / key [B, Hkv, Lk, D], before attention (see dsa.train)
     capture: Callable | None = None
     rope: tuple | None = None  # ((start, end, device), (cos, sin)): the indexer's RoPE, computed once per forward
+    reference: bool = False  # every query through the reference path (select_chunk + SDPA): see select.py
+    # queries served by each path ("kernel", "flex", "torch", "dense") and the kernel's own counts, summed over
+    # sparse layers until reset: what produced an answer's attention, for its log
+    paths: dict[str, int] = field(default_factory=dict)
+
+
+_warned_slow = False
+
+
+def _warn_slow_path(reason: str) -> None:
+    """One warning per process when a CPU sparse forward runs on the PyTorch path (slower than dense prefill)."""
+    global _warned_slow
+    if not _warned_slow:
+        _warned_slow = True
+        warnings.warn(f"DSA runs on its PyTorch path, slower than dense attention: the CPU kernel is unavailable "
+                      f"({reason})", RuntimeWarning, stacklevel=3)
+
+
+def _check_contract(module, attention_mask, Lq: int, Lk: int, kwargs: dict) -> None:
+    """Refuse what DSA does not implement instead of silently attending differently: padding masks (a
+    sparse selection would pick pad keys) and sliding-window layers once the context is longer than the window."""
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    if window is not None and Lk > window:
+        raise ValueError(f"DSA does not implement sliding-window attention: layer {module.dsa_layer} has a "
+                         f"{window}-token window and the context is {Lk} tokens")
+    if attention_mask is None:
+        return
+    allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0  # [B, 1|H, Lq, Lk]
+    causal = select_all_dense(Lk, torch.arange(Lk - Lq, Lk, device=allowed.device))  # [Lq, Lk]
+    if allowed.shape[-2:] != causal.shape or not bool((allowed == causal).all()):
+        raise ValueError("DSA supports causal attention only: padding or custom attention masks are not "
+                         "honoured (run rows of equal length, or one row at a time)")
 
 
 @contextmanager
@@ -85,12 +119,14 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
     x, cache = state.inputs.pop(layer)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
+    _check_contract(module, attention_mask, Lq, Lk, kwargs)
     scaling = scaling if scaling is not None else D**-0.5
     if state.capture is not None:
         state.capture(layer, x, query, key)
     if not cfg.is_sparse_layer(layer):
         with _phase(state, "attention"):
             return dense_attention(query, key, value, scaling), None
+    reference = state.reference or os.environ.get("DSA_REFERENCE") == "1"
 
     qpos = torch.arange(Lk - Lq, Lk, device=query.device)
     with _phase(state, "indexer"):
@@ -117,51 +153,83 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
     if use_dense:
         with _phase(state, "attention"):
             out = dense_attention(query, key, value, scaling)
-        if rec is None or not rec.wants(Lk - 1):
+        _count_path(state, "dense", B * Lq)
+        if rec is None or not rec.wants(Lk - Lq, Lk - 1):
             return out, None
     else:
         out = query.new_empty(B, Lq, H, D)
 
     C = cfg.query_chunk
     for b in range(B):
-        # CPU kernel or GPU prefill: every query that is not recorded, in one call (recorded ones take the
-        # PyTorch path below)
-        done = 0 if use_dense else Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
+        # CPU kernel or GPU prefill: every query before the first recorded one, in one call (recorded ones take
+        # the reference path below, which also computes what they record)
+        done = 0 if use_dense or reference else Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
         if done and kernels.usable(query, keys):
             _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
+            _count_path(state, "kernel", done)
         elif done and flex.usable(query, cfg):
             counts = flex.prefill(query[b, :, :done], key[b], value[b], qi[b, :done], wi[b, :done], keys[b], means[b],
                                   qpos[:done], cfg, scaling, out[b, :done], phase=lambda p: _phase(state, p))
             for name, n in counts.items():
                 _count_keys(state, n, name)
+            _count_path(state, "flex", done)
         else:
+            if done and query.device.type == "cpu":
+                _warn_slow_path(kernels.build_error() or "DSA_KERNELS=0")
             done = 0
         if done == Lq:
             continue
-        if Lq == 1 and _decode_one(module, state, b, query, qi, wi, keys, means, cache, key, value, out, use_dense,
-                                   scaling):
-            continue
+        recording = rec is not None and rec.wants(Lk - 1)
+        if Lq == 1 and not reference and not recording and not use_dense:
+            if _decode_one(state, layer, b, query, qi, wi, keys, means, cache, key, value, out, scaling):
+                _count_path(state, "torch", 1)
+                continue
         for c0 in range(done, Lq, C):
             c1 = min(c0 + C, Lq)
             qp = qpos[c0:c1]
-            record = rec is not None and rec.wants(int(qp[-1]))
+            record = rec is not None and rec.wants(int(qp[0]), int(qp[-1]))
             if use_dense and not record:
                 continue
             with _phase(state, "selection"):
                 sel = select_chunk(qi[b, c0:c1], wi[b, c0:c1], keys[b], means[b], qp, cfg)
-            if record:
-                rec.add(layer, b, qp, *attended_record(sel, cfg.sink_tokens), sel.blocks)
+            by_attention = record and rec.weighting == "attention" and not use_dense
+            if record and not by_attention:
+                rec.add(layer, b, qp, *chosen_record(sel, qp, cfg))
             if use_dense:
                 continue
             with _phase(state, "attention"):
                 read = sel.mask.any(0)  # only keys some query of the chunk selected
                 tokens, mask = sel.tokens[read], sel.mask[:, read]  # [T], [C, T]
                 kg, vg = _gather(cache, layer, b, tokens, key, value)
-                o = F.scaled_dot_product_attention(query[b : b + 1, :, c0:c1], kg[None], vg[None],
-                                                   attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
+                o, probs = _attend_chunk(query[b, :, c0:c1], kg, vg, mask, scaling, by_attention)
                 _count_keys(state, tokens.shape[0])
-                out[b, c0:c1] = o[0].transpose(0, 1)
+                out[b, c0:c1] = o
+            _count_path(state, "torch", c1 - c0)
+            if by_attention:
+                keep = mask & (tokens >= cfg.sink_tokens)[None, :]  # [C, T]: attended, apart from the sink
+                idx = torch.where(keep, tokens[None, :], torch.full_like(mask, -1, dtype=torch.long))
+                score = sel.scores[:, read].masked_fill(~keep, float("-inf"))
+                rec.add(layer, b, qp, idx, score, sel.blocks, probs.masked_fill(~keep, 0.0))
     return out, None
+
+
+def _attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float,
+                  probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q [H, C, D] over gathered k/v [Hkv, T, D], query c reading mask[c] [C, T] -> ([C, H, D], probabilities
+    [C, T] averaged over the query heads when `probs`, else None). SDPA unless the probabilities are wanted."""
+    if not probs:
+        o = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask[None, None], scale=scaling,
+                                           enable_gqa=True)
+        return o[0].transpose(0, 1), None
+    G = q.shape[0] // k.shape[0]
+    kk, vv = k.repeat_interleave(G, 0), v.repeat_interleave(G, 0)  # [H, T, D]
+    s = torch.matmul(q, kk.transpose(1, 2)).float() * scaling  # [H, C, T]
+    p = torch.softmax(s.masked_fill(~mask[None], float("-inf")), dim=-1)
+    return torch.matmul(p.to(vv.dtype), vv).transpose(0, 1), p.mean(0)
+
+
+def _count_path(state: DSAState, name: str, n: int) -> None:
+    state.paths[name] = state.paths.get(name, 0) + int(n)
 
 
 def _gather(cache, layer: int, b: int, tokens: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
@@ -187,25 +255,17 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: floa
     return torch.bmm(p, v).view(H, D)
 
 
-def _decode_one(module, state: DSAState, b: int, query, qi, wi, keys, means, cache, key, value, out,
-                use_dense: bool, scaling: float) -> bool:
+def _decode_one(state: DSAState, layer: int, b: int, query, qi, wi, keys, means, cache, key, value, out,
+                scaling: float) -> bool:
     """Decode fast path for batch row b (`select_last`); False when it does not apply (short context)."""
-    cfg, layer, rec = state.config, module.dsa_layer, state.recorder
-    Lk = keys.shape[1]
-    record = rec is not None and rec.wants(Lk - 1)
-    if use_dense and not record:
-        return True
     with _phase(state, "selection"):
-        sel = select_last(qi[b, 0], wi[b, 0], keys[b], means[b], cfg, record)
+        sel = select_last(qi[b, 0], wi[b, 0], keys[b], means[b], state.config)
     if sel is None:
         return False
-    if record:
-        rec.add(layer, b, torch.tensor([Lk - 1], device=keys.device), sel.idx, sel.score, sel.blocks)
-    if not use_dense:
-        with _phase(state, "attention"):
-            kg, vg = _gather(cache, layer, b, sel.tokens, key, value)
-            out[b, 0] = _attend_one(query[b, :, 0], kg, vg, scaling)
-            _count_keys(state, sel.tokens.shape[0])
+    with _phase(state, "attention"):
+        kg, vg = _gather(cache, layer, b, sel.tokens, key, value)
+        out[b, 0] = _attend_one(query[b, :, 0], kg, vg, scaling)
+        _count_keys(state, sel.tokens.shape[0])
     return True
 
 
@@ -220,7 +280,7 @@ def _kernel(state: DSAState, layer: int, b: int, query, qi, wi, keys, means, qpo
         kbuf, vbuf = key[b].contiguous(), value[b].contiguous()
     q = query[b, :, :n].transpose(0, 1)  # [n, H, D]
     nread, (sel_s, att_s) = kernels.select_attend(qi[b, :n], wi[b, :n], keys[b], means[b], qpos[:n], q, kbuf, vbuf,
-                                                  state.config, scaling, out[b, :n])
+                                                  state.config, scaling, out[b, :n], stats=state.paths)
     if state.timings is not None:  # split the wall time by the kernel's own per-phase clock
         wall = time.perf_counter() - t
         frac = sel_s / max(sel_s + att_s, 1e-12)

@@ -110,6 +110,20 @@ def indexer_parameters(model: nn.Module) -> list[nn.Parameter]:
             for p in layer.self_attn.indexer.parameters()]
 
 
+def use_reference(model: nn.Module, on: bool = True) -> None:
+    """Run every query through the reference path (`select.select_chunk` + SDPA): no CPU kernel, no GPU kernels,
+    no decode fast path. `DSA_REFERENCE=1` does the same for every model."""
+    model.dsa_state.reference = on
+
+
+def take_paths(model: nn.Module) -> dict[str, int]:
+    """Queries served by each path since the last call (kernel / flex / torch / dense, summed over sparse
+    layers) and the CPU kernel's own counts; resets them."""
+    state: DSAState = model.dsa_state
+    paths, state.paths = state.paths, {}
+    return paths
+
+
 @torch.no_grad()
 def set_mode(model: nn.Module, mode: str) -> None:
     """Switch between "sparse" attention and "dense" attention (indexer still runs for recording)."""

@@ -1,10 +1,18 @@
-"""Two-stage selection for one chunk of queries: excerpts (64-token blocks) first, then tokens.
+"""The selection spec, and its reference implementation (`select_chunk`), which every other path is tested
+against: the CPU kernel (csrc/), the decode fast path (`select_last`), FlexAttention and Triton (flex.py,
+triton_select.py) and training (train.py). `DSA_REFERENCE=1` (or `dsa.use_reference`) runs this path alone.
 
-Stage 1 scores every causal block with the block-mean indexer key and keeps the top `n_blocks` per query,
-plus the sink block(s) and the blocks of the local window. Stage 2 scores only the tokens inside the union
-of kept blocks and keeps each query's top `top_k` among its own candidates. The sink tokens, the local
-window and the query itself are always attended. Causality is masked before each top-k and re-applied
-after it (top-k returns masked entries when fewer than k are valid).
+For a query at position p over keys 0..p, with indexer score I(p, s) = sum_h w_h * relu(q_h . k_s):
+  1. Forced, never competing: the attention sink (s < sink_tokens), the local window (p - s < local_window)
+     and the query itself (s = p).
+  2. Stage 1, excerpts (this project's addition): 64-token blocks scored with the block-mean indexer key;
+     the sink blocks and every block reaching into the local window (at least the query's own block) are
+     candidates; of the other causal blocks the top `n_blocks` by score are candidates too.
+  3. Stage 2, tokens (DeepSeek's token top-k): among the non-forced causal tokens of the candidate blocks,
+     the top `top_k` by indexer score.
+  4. Causal re-mask: top-k returns masked entries when fewer than k are valid; they are dropped.
+  5. Ties at exactly 0 (every head's ReLU off) are ordered by recency (`_tiebreak`), so a selection never
+     depends on how queries were chunked. Attention reads 1 + 3, in position order.
 """
 
 from __future__ import annotations
@@ -99,13 +107,10 @@ class LastSelection:
     """Decode's selection for the one query at the last position (see `select_last`)."""
 
     tokens: torch.Tensor  # [T] long, ascending: every key the query attends (sink, top-k picks, local window)
-    idx: torch.Tensor | None = None  # [1, K] attended positions apart from the sink, best score first (record only)
-    score: torch.Tensor | None = None  # [1, K] their indexer scores
-    blocks: torch.Tensor | None = None  # [1, n_blocks] excerpts kept by stage 1 (-1 = none)
 
 
-def select_last(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor, cfg: DSAConfig,
-                record: bool = False) -> LastSelection | None:
+def select_last(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor,
+                cfg: DSAConfig) -> LastSelection | None:
     """Decode's fast path: the same keys `select_chunk` picks for one query at position L-1, in about a third of
     the tensor ops (per-op overhead, not arithmetic, is what a decode step costs on a CPU). For the last
     position the forced blocks are two contiguous runs (sink blocks [0, ns), local blocks [fl, nb)), so stage 1
@@ -145,26 +150,21 @@ def select_last(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mean
     chosen = cand[chosen_m]  # ascending
     sink = torch.arange(min(cfg.sink_tokens, L), device=dev)
     local = torch.arange(local_lo, L, device=dev)
-    sel = LastSelection(torch.cat([sink, chosen, local]))
-    if record:
-        lscore = wf @ F.relu(qf @ keys[local_lo:].float().T)  # [L - local_lo]
-        score, order = torch.cat([tscore[chosen_m], lscore]).sort(descending=True)
-        sel.idx, sel.score = torch.cat([chosen, local])[order][None], score[None]
-        blocks = torch.full((min(cfg.n_blocks, block_means.shape[0]),), -1, dtype=torch.long, device=dev)
-        blocks[: picks.shape[0]] = picks
-        sel.blocks = blocks[None]
-    return sel
+    return LastSelection(torch.cat([sink, chosen, local]))
 
 
-def attended_record(sel: ChunkSelection, sink_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """What each query attends apart from the sink: top-k picks *and* the forced local window (so the
-    last tokens before a question can be cited too), with their indexer scores, best first.
-    -> idx [C, K] (-1 = none), score [C, K] (-inf = none)."""
-    keep = sel.mask & (sel.tokens >= sink_tokens)[None, :]  # [C, T]
-    k = max(int(keep.sum(-1).max()), 1)
-    val, ix = sel.scores.masked_fill(~keep, NEG).topk(min(k, keep.shape[1]), dim=-1)
+def chosen_record(sel: ChunkSelection, qpos: torch.Tensor, cfg: DSAConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the indexer chose among what the query attended: the top `top_k` by indexer score of its attended
+    keys, where the forced local window competes with the top-k picks instead of being counted whole (a
+    window token counts only where it outscores the picks it would displace). The sink and the query itself
+    are no choices. Every recorded key was attended.
+    -> idx [C, K] (-1 = none), score [C, K] (-inf = none), blocks [C, n_blocks]."""
+    ok = sel.mask & (sel.tokens >= cfg.sink_tokens)[None, :] & (sel.tokens[None, :] != qpos[:, None])  # [C, T]
+    comp = _tiebreak(sel.scores, sel.tokens).masked_fill(~ok, NEG)
+    val, ix = comp.topk(min(cfg.top_k, comp.shape[1]), dim=-1)  # [C, K]
     idx = torch.where(val > NEG, sel.tokens[ix], torch.full_like(ix, -1))
-    return idx, val
+    return idx, val, sel.blocks
 
 
 def select_all_dense(L: int, qpos: torch.Tensor) -> torch.Tensor:
