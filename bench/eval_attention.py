@@ -42,7 +42,7 @@ class DenseAttentionProbe:
         if self.weights.shape[0] < Lk:
             self.weights = torch.cat([self.weights, torch.zeros(Lk - self.weights.shape[0] + 4096,
                                                                 dtype=torch.float64)])
-        self.weights[:Lk] += p.sum(0).double()
+        self.weights[:Lk] += p.sum(0).double().cpu()
         self.rows += p.shape[0]
 
 
@@ -78,11 +78,11 @@ def answer_logprob(lm, document, question: str, answer_ids: list[int], mode: str
     previous = cfg.mode
     dsa.set_mode(model, mode)
     try:
-        out = model(torch.tensor([ids]), **dsa.cache_arg(dsa.new_cache(model)), use_cache=True,
+        out = model(torch.tensor([ids], device=next(model.parameters()).device), **dsa.cache_arg(dsa.new_cache(model)), use_cache=True,
                     logits_to_keep=len(answer_ids) + 1)
     finally:
         dsa.set_mode(model, previous)
-    logits = out.logits[0, :-1].float()  # predictions for each answer token
+    logits = out.logits[0, :-1].float().cpu()  # predictions for each answer token
     lp = torch.log_softmax(logits, dim=-1)
     tgt = torch.tensor(answer_ids)
     return float(lp.gather(1, tgt[:, None]).sum())

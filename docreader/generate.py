@@ -104,7 +104,8 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
     done = cache.get_seq_length() if cache is not None else 0
     if done >= len(input_ids):
         raise ValueError(f"the cache holds {done} tokens, the prompt only {len(input_ids)}")
-    ids = torch.tensor([input_ids[done:]])
+    dev = next(model.parameters()).device
+    ids = torch.tensor([input_ids[done:]], device=dev)
     t0 = time.perf_counter()
     out = model(ids, **dsa.cache_arg(cache), use_cache=True, logits_to_keep=1)
     cache = dsa.output_cache(out)
@@ -125,8 +126,8 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
             shown = text
         if len(new) == max_new_tokens:
             break
-        out = model(torch.tensor([[nxt]]), **dsa.cache_arg(cache), use_cache=True)
-        nxt = pick(out.logits[0, -1], new, repetition_penalty, exempt)
+        out = model(torch.tensor([[nxt]], device=dev), **dsa.cache_arg(cache), use_cache=True)
+        nxt = pick(out.logits[0, -1].cpu(), new, repetition_penalty, exempt)
     decode_s = time.perf_counter() - t1
     text = tokenizer.decode(new, skip_special_tokens=True)
     if on_text and len(text) > len(shown):

@@ -258,6 +258,9 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
         if bars:
             hf_logging.enable_progress_bar()
     model.eval()
+    device = os.environ.get("DOCREADER_DEVICE", "cpu")  # e.g. "cuda" for evaluation and training on a GPU
+    if device != "cpu":
+        model.to(device)
     shipped = dsa.find_shipped(model.config)
     cfg = dsa.DSAConfig.load(shipped / "dsa_config.json") if shipped else dsa.DSAConfig()
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (overrides or {}).items() if v is not None})

@@ -43,13 +43,14 @@ class SelectionAccumulator:
                                           weighting=weighting)
 
     def add(self, sel: Selection) -> None:
-        valid = sel.idx >= 0  # [C, K]
+        sel_idx = sel.idx.cpu()
+        valid = sel_idx >= 0  # [C, K]
         if sel.weight is not None:
-            p = sel.weight.double()
+            p = sel.weight.double().cpu()
         else:
-            p = torch.softmax(sel.score.double().masked_fill(~valid, float("-inf")), dim=-1)
+            p = torch.softmax(sel.score.double().cpu().masked_fill(~valid, float("-inf")), dim=-1)
             p = torch.nan_to_num(p, nan=0.0)
-        idx = sel.idx.clamp(min=0)
+        idx = sel_idx.clamp(min=0)
         need = int(idx.max()) + 1 if idx.numel() else 0
         if need > self.weights.shape[0]:
             self.weights = torch.cat([self.weights, torch.zeros(need - self.weights.shape[0] + 4096,
