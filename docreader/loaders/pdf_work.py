@@ -14,8 +14,8 @@ import re
 from docreader.errors import DocreaderError
 from docreader.loaders.limits import human_size
 
-MAX_PAGE_WORK = 8_000_000  # a dense page of text is ~10 kB of content
-MAX_PDF_WORK = 64_000_000  # a 1,000-page book is ~10 MB
+MAX_PAGE_WORK = 4_000_000  # a dense page of text is ~10 kB of content; 4 MB takes pypdf ~15 s
+MAX_PDF_WORK = 32_000_000  # a 1,000-page book is ~10 MB
 MAX_FORM_DEPTH = 32
 _TEXT_OPERATOR = re.compile(rb"T[jJ]|Do|['\"]")  # what pypdf looks for before parsing a stream
 _DO = re.compile(rb"/([^\s/\[\]()<>{}%]+)\s*Do\b")
@@ -99,10 +99,11 @@ def check_work(reader, path: str) -> list[int]:
         if not clean:
             undecodable.append(i)
         if work > MAX_PAGE_WORK:
-            raise DocreaderError(f"page {i + 1} draws over {human_size(MAX_PAGE_WORK, limit=True)} of text "
-                                 "instructions, over the per-page limit (a form or stream drawn over and over?)", path=path)
+            raise DocreaderError(f"page {i + 1} has over {human_size(MAX_PAGE_WORK, limit=True)} of drawing instructions "
+                                 "to parse for its text, the per-page limit (one form or stream drawn over and over?)",
+                                 path=path)
         total += work
         if total > MAX_PDF_WORK:
-            raise DocreaderError(f"pages 1–{i + 1} draw over {human_size(MAX_PDF_WORK, limit=True)} of text "
-                                 "instructions, over the limit for one PDF", path=path)
+            raise DocreaderError(f"pages 1–{i + 1} have over {human_size(MAX_PDF_WORK, limit=True)} of drawing "
+                                 "instructions to parse for their text, the limit for one PDF", path=path)
     return undecodable
