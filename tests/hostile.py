@@ -94,7 +94,8 @@ def pdf_undecodable_page(tmp: Path) -> Path:
     """Three pages; the second's content stream claims FlateDecode but holds garbage."""
     good = b"BT /F1 11 Tf 72 700 Td (Readable page text) Tj ET"
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R 4 0 R 5 0 R] /Count 3 >>"]
-    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 8 0 R >> >> /Contents %d 0 R >>"
+    page = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 8 0 R >> >> "
+            b"/Contents %d 0 R >>")
     objects += [page % 6, page % 7, page % 6, stream(good), stream(b"\x00garbage" * 50, b" /Filter /FlateDecode"), FONT]
     path = tmp / "undecodable.pdf"
     path.write_bytes(raw_pdf(objects))

@@ -183,6 +183,7 @@ def test_newline_in_file_name_stays_one_line(tmp_path):
     with pytest.raises(DocreaderError) as info:
         load(path)
     assert info.value.path == str(path)
-    assert str(info.value) == f"{tmp_path}/contract\\nerror: all good\\x1b]0;title\\x07.txt: not a supported document (binary data)"
+    escaped = f"{tmp_path}/contract\\nerror: all good\\x1b]0;title\\x07.txt"
+    assert str(info.value) == f"{escaped}: not a supported document (binary data)"
     cli = _python(_CLI, str(path), env={"DOCREADER_HOME": str(tmp_path / "home")})
     assert cli.returncode == 1 and cli.stderr == f"error: {info.value}\n"

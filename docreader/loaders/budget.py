@@ -47,7 +47,8 @@ class Budget:
 
     def _too_long(self, amount: str, tokens: int) -> DocreaderError:
         return DocreaderError(f"too long: {amount} is ~{tokens:,} tokens (at ~{CHARS_PER_TOKEN} characters a token), "
-                              f"more than the {self.max_tokens:,}-token model window ({MAX_TOKENS_ENV})", path=self.path)
+                              f"more than the {self.max_tokens:,}-token model window ({MAX_TOKENS_ENV})",
+                              path=self.path)
 
     def check_text_bytes(self, n: int) -> None:
         """Refuse raw text that cannot fit before decoding (and sniffing, and parsing) any of it."""

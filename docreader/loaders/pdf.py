@@ -117,8 +117,9 @@ def load_pdf(path: str, data: bytes, password: str | None = None, budget: Budget
         meta["pages_without_text"] = blank
     if bad:  # kept with the document, so an answer can say its source was incomplete
         meta["undecodable_pages"] = [i + 1 for i in bad]
+        many = len(bad) > 1
         log.warning("warning: %s: could not decode page%s %s; %s text is missing", one_line(path),
-                    "s" if len(bad) > 1 else "", _page_list(meta["undecodable_pages"]), "their" if len(bad) > 1 else "its")
+                    "s" if many else "", _page_list(meta["undecodable_pages"]), "their" if many else "its")
     try:
         info = reader.metadata
         if info and info.title and str(info.title).strip():

@@ -99,9 +99,9 @@ def check_work(reader, path: str) -> list[int]:
         if not clean:
             undecodable.append(i)
         if work > MAX_PAGE_WORK:
-            raise DocreaderError(f"page {i + 1} has over {human_size(MAX_PAGE_WORK, limit=True)} of drawing instructions "
-                                 "to parse for its text, the per-page limit (one form or stream drawn over and over?)",
-                                 path=path)
+            raise DocreaderError(f"page {i + 1} has over {human_size(MAX_PAGE_WORK, limit=True)} of drawing "
+                                 "instructions to parse for its text, the per-page limit (one form or stream drawn "
+                                 "over and over?)", path=path)
         total += work
         if total > MAX_PDF_WORK:
             raise DocreaderError(f"pages 1–{i + 1} have over {human_size(MAX_PDF_WORK, limit=True)} of drawing "
