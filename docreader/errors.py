@@ -4,9 +4,17 @@ The CLI turns a `DocreaderError` into a single line on stderr and a non-zero exi
 """
 
 
+def one_line(text: str) -> str:
+    """`text` with control and other unprintable characters escaped (\\n, \\x1b, \\u202e), so a file name
+    or a message quoting a file can never add a line, or a terminal escape, to what the user sees."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 class DocreaderError(Exception):
-    """A problem with the user's input or environment, phrased for the user."""
+    """A problem with the user's input or environment, phrased for the user (always one line)."""
 
     def __init__(self, message: str, path: str | None = None):
         self.path = path
-        super().__init__(f"{path}: {message}" if path else message)
+        super().__init__(one_line(f"{path}: {message}" if path else message))

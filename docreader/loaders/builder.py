@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from docreader.document import Region
+from docreader.loaders.budget import Budget
 
 LABEL_MAX = 60
 
@@ -19,9 +20,12 @@ def short_label(text: str, limit: int = LABEL_MAX) -> str:
 
 
 class TextBuilder:
-    """Append-only text with regions recorded at the offsets where pieces were written."""
+    """Append-only text with regions recorded at the offsets where pieces were written.
 
-    def __init__(self) -> None:
+    With a `budget`, every piece is charged to it as it is written, so expansion stops the load early."""
+
+    def __init__(self, budget: Budget | None = None) -> None:
+        self.budget = budget
         self._parts: list[str] = []
         self._length = 0
         self._tail = ""  # last few characters written, to decide on separators
@@ -35,6 +39,8 @@ class TextBuilder:
         """Append `piece`; return its [start, end) offsets."""
         start = self._length
         if piece:
+            if self.budget is not None:
+                self.budget.add(len(piece))
             self._parts.append(piece)
             self._length += len(piece)
             self._tail = (self._tail + piece)[-4:]

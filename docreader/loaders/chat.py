@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from docreader.document import Document
+from docreader.loaders.budget import Budget
 from docreader.loaders.builder import TextBuilder, short_label
 
 
@@ -36,9 +37,9 @@ def render_line(msg: Message) -> str:
     return f"{stamp}{msg.speaker}: {body}".rstrip()
 
 
-def render_chat(path: str, messages: list[Message], meta: dict) -> Document:
+def render_chat(path: str, messages: list[Message], meta: dict, budget: Budget | None = None) -> Document:
     """The transcript: day separators where the date changes, a heading per thread, regions per message."""
-    b = TextBuilder()
+    b = TextBuilder(budget)
     date = thread = None
     thread_start: tuple[int, str] | None = None
     for i, msg in enumerate(messages):

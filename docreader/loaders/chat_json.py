@@ -5,6 +5,7 @@ Field names differ between exporters, so each field is looked up under its commo
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from docreader.loaders.chat import Message
@@ -14,6 +15,12 @@ SPEAKER_KEYS = ("author", "speaker", "user_name", "username", "user", "name", "f
 TIME_KEYS = ("time", "ts", "timestamp", "date", "datetime", "created_at", "create_time", "sent_at")
 TEXT_KEYS = ("text", "content", "message", "body", "msg", "parts")
 LIST_KEYS = ("messages", "chat", "conversation", "turns", "transcript", "history")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid(text: str) -> str:
+    """JSON may escape lone surrogates ("\\ud800"), which no encoder or tokenizer accepts: U+FFFD instead."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _text_of(value: Any) -> str:
@@ -64,7 +71,7 @@ def _message(msg: dict, thread: str | None = None) -> Message | None:
     if not text.strip():
         return None
     date, time = parse_when(_first(msg, TIME_KEYS))
-    return Message(_speaker_of(msg), text, time, date, thread=thread)
+    return Message(_valid(_speaker_of(msg)), _valid(text), time, date, thread=_valid(thread) if thread else thread)
 
 
 def _is_message(item: Any) -> bool:

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 from docreader.document import Document
+from docreader.loaders.budget import Budget
 from docreader.loaders.builder import TextBuilder, section_regions, short_label
 from docreader.loaders.safexml import attr, local, parse_xml
 from docreader.loaders.safezip import SafeZip
@@ -25,37 +26,45 @@ _PROPERTIES = {"pPr", "rPr", "tblPr", "sectPr", "del", "moveFrom", "instrText", 
 
 
 def paragraph_text(p: ET.Element) -> str:
-    """The runs of one paragraph: text, tabs and line breaks, without deleted text or field codes."""
+    """The runs of one paragraph: text, tabs and line breaks, without deleted text or field codes.
+
+    Walked with an explicit stack, not recursion: runs or content controls nested 5,000 deep are legal XML."""
     parts: list[str] = []
-
-    def walk(el: ET.Element) -> None:
-        for child in el:
-            name = local(child.tag)
-            if name in _PROPERTIES:  # tab stops live in pPr/tabs and are not text
-                continue
-            if name == "t" and child.text:
-                parts.append(child.text)
-            elif name == "tab":
-                parts.append("\t")
-            elif name in ("br", "cr"):
-                parts.append("\n")
-            elif name == "noBreakHyphen":
-                parts.append("-")
-            else:
-                walk(child)
-
-    walk(p)
+    stack = [iter(p)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            continue
+        name = local(child.tag)
+        if name in _PROPERTIES:  # tab stops live in pPr/tabs and are not text
+            continue
+        if name == "t" and child.text:
+            parts.append(child.text)
+        elif name == "tab":
+            parts.append("\t")
+        elif name in ("br", "cr"):
+            parts.append("\n")
+        elif name == "noBreakHyphen":
+            parts.append("-")
+        else:
+            stack.append(iter(child))
     return "".join(parts)
 
 
 def _blocks(container: ET.Element) -> Iterator[ET.Element]:
-    """Paragraphs and tables in document order, looking through content controls and revisions."""
-    for child in container:
+    """Paragraphs and tables in document order, looking through content controls and revisions (no recursion)."""
+    stack = [iter(container)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            continue
         name = local(child.tag)
         if name in ("p", "tbl"):
             yield child
         elif name in _CONTAINERS:
-            yield from _blocks(child)
+            stack.append(iter(child))
 
 
 def table_lines(tbl: ET.Element) -> list[str]:
@@ -150,7 +159,7 @@ def _title(z: SafeZip, path: str) -> str | None:
     return el.text.strip() if el is not None and el.text and el.text.strip() else None
 
 
-def load_docx(path: str, data: bytes, unzip_budget: int) -> Document:
+def load_docx(path: str, data: bytes, unzip_budget: int, budget: Budget | None = None) -> Document:
     z = SafeZip(data, path, WHAT, unzip_budget)
     body_xml = z.read("word/document.xml")
     if body_xml is None:
@@ -160,7 +169,7 @@ def load_docx(path: str, data: bytes, unzip_budget: int) -> Document:
     if body is None:
         raise z.error("word/document.xml has no body")
     styles = _style_names(z, path)
-    b = TextBuilder()
+    b = TextBuilder(budget)
     starts: list[tuple[int, str, dict]] = []
     for block in _blocks(body):
         if local(block.tag) == "tbl":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import re
-import unicodedata
 
 from docreader.errors import DocreaderError
 
@@ -13,7 +12,10 @@ _BOMS = [
     (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
 ]
-_ALLOWED_CONTROLS = set("\t\n\r\f\v\x1b")
+# Control (except \t\n\v\f\r and ESC), private-use, surrogate and replacement characters: the marks of binary data
+_BAD_CHARS = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\ufffd"
+                        "\U000f0000-\U0010ffff]")
+_WINDOW = 65536
 
 
 def normalise_newlines(text: str) -> str:
@@ -43,13 +45,15 @@ def _utf16_without_bom(data: bytes) -> str | None:
 
 
 def looks_binary(text: str) -> bool:
-    """Decoded text that is mostly control or replacement characters is not a document."""
-    sample = text[:65536]
-    if not sample:
-        return False
-    bad = sum(1 for ch in sample if ch == "\ufffd"
-              or (ch not in _ALLOWED_CONTROLS and unicodedata.category(ch) in ("Cc", "Co", "Cs")))
-    return bad / len(sample) > 0.01
+    """Decoded text with over 1% control or replacement characters in any 64 KiB window is not a document.
+
+    Every window is checked, not just the first: binary data after 64 KiB of text is binary all the same."""
+    last = max(len(text) - _WINDOW, 0)  # the final window ends at the end of the text, and is full if it can be
+    for start in [*range(0, last, _WINDOW), last]:
+        end = min(start + _WINDOW, len(text))
+        if len(_BAD_CHARS.findall(text, start, end)) > (end - start) / 100:
+            return True
+    return False
 
 
 def _try(data: bytes, encoding: str) -> str | None:
@@ -102,7 +106,7 @@ def decode_text(data: bytes, path: str, declared: str | None = None) -> tuple[st
             text = _try(data, enc)
             if text is not None:
                 return _checked(normalise_newlines(text.lstrip("\ufeff")), path), enc
-    if b"\x00" in data[:65536]:
+    if b"\x00" in data:  # anywhere: a NUL after the first 64 KiB is binary too
         raise DocreaderError(BINARY, path=path)
     for enc in ("utf-8", declared):
         if enc:

@@ -11,6 +11,8 @@ import xml.etree.ElementTree as ET
 from urllib.parse import unquote, urldefrag
 
 from docreader.document import Document
+from docreader.errors import DocreaderError
+from docreader.loaders.budget import Budget
 from docreader.loaders.builder import TextBuilder, section_regions, short_label
 from docreader.loaders.encoding import declared_charset, decode_text
 from docreader.loaders.html_text import extract
@@ -50,12 +52,9 @@ def _nav_toc(z: SafeZip, path: str, nav_path: str) -> list[tuple[str, str, str]]
     if not data:
         return []
     page = data.decode("utf-8", "replace")
-    # The nav is XHTML; ElementTree copes with well-formed files, which EPUB requires.
-    try:
-        root = ET.fromstring(page.encode("utf-8")) if "<!ENTITY" not in page else None
-    except ET.ParseError:
-        root = None
-    if root is None:
+    try:  # the nav is XHTML, well-formed as EPUB requires; without it chapters fall back to headings
+        root = parse_xml(page.encode("utf-8"), path, WHAT, nav_path)
+    except DocreaderError:
         return []
     navs = [el for el in root.iter() if local(el.tag) == "nav"]
     toc = next((n for n in navs if attr(n, "type") == "toc"), navs[0] if navs else None)
@@ -86,7 +85,7 @@ def _ncx_toc(z: SafeZip, path: str, ncx_path: str) -> list[tuple[str, str, str]]
     return out
 
 
-def load_epub(path: str, data: bytes, unzip_budget: int) -> Document:
+def load_epub(path: str, data: bytes, unzip_budget: int, budget: Budget | None = None) -> Document:
     z = SafeZip(data, path, WHAT, unzip_budget)
     opf_path = _opf_path(z, path)
     opf_data = z.read(opf_path)
@@ -121,10 +120,12 @@ def load_epub(path: str, data: bytes, unzip_budget: int) -> Document:
         if title:
             titles.setdefault(member, []).append((frag, title))
 
-    b = TextBuilder()
+    b = TextBuilder(budget)
     starts: list[tuple[int, str, dict]] = []
     items = 0
     for idref in spine_ids:
+        if budget is not None:
+            budget.check_time("reading the spine")
         if idref not in manifest:
             continue
         member, media, _ = manifest[idref]

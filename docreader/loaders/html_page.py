@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from docreader.document import Document
+from docreader.loaders.budget import Budget
 from docreader.loaders.builder import section_regions, short_label
 from docreader.loaders.html_text import extract
 
@@ -16,9 +17,11 @@ def heading_starts(headings: list[tuple[int, int, str]], offset: int = 0) -> lis
     return starts
 
 
-def load_html(path: str, html: str, encoding: str) -> Document:
+def load_html(path: str, html: str, encoding: str, budget: Budget | None = None) -> Document:
     page = extract(html)
     text = page.text
+    if budget is not None:
+        budget.add(len(text))
     meta = {"kind": "book" if len(page.headings) > 2 else "text", "encoding": encoding}
     if page.title:
         meta["title"] = page.title

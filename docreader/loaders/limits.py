@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from pathlib import Path
@@ -23,22 +24,30 @@ def human_size(n: int, limit: bool = False) -> str:
     return f"{n} bytes"
 
 
+def env_count(name: str, default: int, what: str) -> int:
+    """A positive whole number from $name (a float like "5e7" is fine), else `default`.
+
+    "inf", "1e400", "nan" and garbage are one-line errors, not OverflowError/ValueError tracebacks.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value) or not 1 <= value <= 2**62:
+        raise DocreaderError(f"{name} must be a number of {what} (a positive whole number), got {raw!r}")
+    return int(value)
+
+
 def resolve_max_bytes(max_bytes: int | None) -> int:
     """The size limit: the argument, else $DOCREADER_MAX_BYTES, else 50 MB."""
     if max_bytes is not None:
         if max_bytes <= 0:
             raise DocreaderError(f"--max-bytes must be positive, got {max_bytes}")
         return int(max_bytes)
-    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_BYTES
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise DocreaderError(f"{MAX_BYTES_ENV} must be a number of bytes, got {raw!r}") from None
-    if value <= 0:
-        raise DocreaderError(f"{MAX_BYTES_ENV} must be positive, got {raw!r}")
-    return value
+    return env_count(MAX_BYTES_ENV, DEFAULT_MAX_BYTES, "bytes")
 
 
 def read_input(path: Path, max_bytes: int) -> bytes:
@@ -59,11 +68,9 @@ def read_input(path: Path, max_bytes: int) -> bytes:
     if st.st_size > max_bytes:
         raise DocreaderError(
             f"file is {human_size(st.st_size)}, over the {human_size(max_bytes, limit=True)} limit (--max-bytes)", path=where)
-    if st.st_size == 0:
-        raise DocreaderError("empty document", path=where)
     try:
-        with path.open("rb") as f:
-            data = f.read(max_bytes + 1)  # the file may have grown since stat
+        with path.open("rb") as f:  # read to the end, not st_size: /proc files say 0 bytes but have content
+            data = f.read(max_bytes + 1)  # the file may also have grown since stat
     except PermissionError:
         raise DocreaderError("permission denied", path=where) from None
     except OSError as e:

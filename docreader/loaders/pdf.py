@@ -7,12 +7,16 @@ import logging
 import re
 
 from docreader.document import Document
-from docreader.errors import DocreaderError
+from docreader.errors import DocreaderError, one_line
+from docreader.loaders.budget import Budget
 from docreader.loaders.builder import TextBuilder
 from docreader.loaders.pdf_pages import extract_pages
+from docreader.loaders.pdf_work import check_work
 
 PAGE_SEPARATOR = "\n\n"
 EMPTY_PAGE = "[no text on this page]"
+UNDECODABLE_PAGE = "[this page could not be decoded]"
+log = logging.getLogger("docreader")
 
 
 def _reader(data: bytes, path: str):
@@ -71,7 +75,12 @@ def clean_page(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def load_pdf(path: str, data: bytes, password: str | None = None) -> Document:
+def _page_list(pages: list[int]) -> str:
+    shown = ", ".join(str(p) for p in pages[:20])
+    return shown + (f" and {len(pages) - 20} more" if len(pages) > 20 else "")
+
+
+def load_pdf(path: str, data: bytes, password: str | None = None, budget: Budget | None = None) -> Document:
     if b"%PDF-" not in data[:1024]:
         raise DocreaderError("not a PDF (no %PDF- header)", path=path)
     if _truncated(data):
@@ -86,25 +95,31 @@ def load_pdf(path: str, data: bytes, password: str | None = None) -> Document:
     if n_pages == 0:
         raise DocreaderError("PDF has no pages", path=path)
     labels = page_labels(reader)
-    texts, failed = extract_pages(reader, data, password)
+    budget = budget or Budget(path)
+    undecodable = check_work(reader, path)
+    texts, failed = extract_pages(reader, data, password, budget)
     texts = [clean_page(t) for t in texts]
+    bad = sorted(set(undecodable) | set(failed))
     if not any(texts):
-        if failed and len(failed) == n_pages:
+        if bad and len(bad) == n_pages:
             raise DocreaderError("corrupt PDF (no page could be read)", path=path)
         raise DocreaderError("no extractable text — scanned?", path=path)
-    b = TextBuilder()
+    b = TextBuilder(budget)
     for i, page_text in enumerate(texts):
         if i:
             b.write(PAGE_SEPARATOR)
-        start, end = b.write(page_text or EMPTY_PAGE)
+        start, end = b.write(page_text or (UNDECODABLE_PAGE if i in bad else EMPTY_PAGE))
         label = labels[i] if labels else str(i + 1)
         b.add_region("page", start, end, f"p. {label}", {"page": i + 1, "page_label": label})
     meta: dict = {"kind": "contract", "pages": n_pages}
-    blank = [i + 1 for i, t in enumerate(texts) if not t]
+    blank = [i + 1 for i, t in enumerate(texts) if not t and i not in bad]
     if blank:
         meta["pages_without_text"] = blank
-    if failed:
-        meta["pages_unreadable"] = [i + 1 for i in failed]
+    if bad:  # kept with the document, so an answer can say its source was incomplete
+        meta["undecodable_pages"] = [i + 1 for i in bad]
+        many = len(bad) > 1
+        log.warning("warning: %s: could not decode page%s %s; %s text is missing", one_line(path),
+                    "s" if many else "", _page_list(meta["undecodable_pages"]), "their" if many else "its")
     try:
         info = reader.metadata
         if info and info.title and str(info.title).strip():

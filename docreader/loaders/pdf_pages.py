@@ -14,6 +14,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from docreader.loaders.budget import Budget
+
 PARALLEL_MIN_PAGES = 48
 WORKERS_ENV = "DOCREADER_PDF_WORKERS"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # so children import this same docreader
@@ -37,9 +39,12 @@ def page_text(page) -> str:
     return text
 
 
-def extract_serial(reader, indices: range) -> tuple[list[str], list[int]]:
+def extract_serial(reader, indices: range, budget: Budget | None = None) -> tuple[list[str], list[int]]:
+    """(text per page, indices of pages whose extraction failed); stops when the budget's time is up."""
     texts, failed = [], []
     for i in indices:
+        if budget is not None:
+            budget.check_time(f"extracting page {i + 1}")
         try:
             texts.append(page_text(reader.pages[i]))
         except Exception:  # one bad page must not lose the rest of the document
@@ -58,34 +63,49 @@ def _workers(n_pages: int) -> int:
     return max(1, min(cpus, 8, n_pages // 24))
 
 
-def extract_pages(reader, data: bytes, password: str | None) -> tuple[list[str], list[int]]:
+def extract_pages(reader, data: bytes, password: str | None, budget: Budget) -> tuple[list[str], list[int]]:
     """(text per page, indices of pages that failed), in page order."""
     n_pages = len(reader.pages)
     workers = _workers(n_pages)
     if workers > 1:
         try:
-            return _extract_parallel(data, password, n_pages, workers)
-        except Exception:
+            return _extract_parallel(data, password, n_pages, workers, budget)
+        except subprocess.TimeoutExpired:
+            raise budget.out_of_time("extracting pages") from None
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError):
             pass  # e.g. no process support here: fall back to one process
-    return extract_serial(reader, range(n_pages))
+    return extract_serial(reader, range(n_pages), budget)
 
 
-def _run_worker(data: bytes, password: str | None, start: int, stop: int) -> tuple[list[str], list[int]]:
+def worker_command() -> list[str]:
+    """The worker's command line: isolated (-I), with this process's import path minus the current directory.
+
+    `python -m` would put the current directory first on the path, so a json.py lying there would run.
+    This docreader comes first, so the child runs the same code as the parent."""
+    cwd = Path.cwd().resolve()
+    paths = [_PACKAGE_ROOT] + [p for p in sys.path if p and Path(p).resolve() != cwd]
+    code = f"import sys; sys.path[:0] = {paths!r}; from docreader.loaders.pdf_worker import main; main()"
+    return [sys.executable, "-I", "-c", code]
+
+
+def _run_worker(data: bytes, password: str | None, start: int, stop: int,
+                seconds: float) -> tuple[list[str], list[int]]:
     header = json.dumps({"start": start, "stop": stop, "password": password}).encode() + b"\n"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "docreader.loaders.pdf_worker"], input=header + data,
-                          capture_output=True, timeout=600, env=env, check=True)
+    proc = subprocess.run(worker_command(), input=header + data, capture_output=True, timeout=max(seconds, 1),
+                          check=True)
     out = json.loads(proc.stdout)
     return out["texts"], out["failed"]
 
 
-def _extract_parallel(data: bytes, password: str | None, n_pages: int, workers: int) -> tuple[list[str], list[int]]:
+def _extract_parallel(data: bytes, password: str | None, n_pages: int, workers: int,
+                      budget: Budget | None = None) -> tuple[list[str], list[int]]:
     chunk = -(-n_pages // workers)
     bounds = [(s, min(s + chunk, n_pages)) for s in range(0, n_pages, chunk)]
     texts: list[str] = []
     failed: list[int] = []
+    seconds = (budget or Budget("")).seconds_left()
     with ThreadPoolExecutor(max_workers=len(bounds)) as pool:  # threads only wait on the children
-        for t, f in pool.map(lambda b: _run_worker(data, password, *b), bounds):
+        for t, f in pool.map(lambda b: _run_worker(data, password, *b, seconds), bounds):
             texts.extend(t)
             failed.extend(f)
     if len(texts) != n_pages:

@@ -1,4 +1,4 @@
-"""A child process that extracts a range of PDF pages: `python -m docreader.loaders.pdf_worker`.
+"""A child process that extracts a range of PDF pages, started by `pdf_pages.worker_command()`.
 
 Reads one JSON header line ({"start", "stop", "password"}) then the PDF bytes on stdin; writes
 {"texts": [...], "failed": [...]} as JSON on stdout. A fresh interpreter (not multiprocessing) so

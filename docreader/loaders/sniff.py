@@ -11,6 +11,7 @@ from pathlib import Path
 
 from docreader.errors import DocreaderError
 from docreader.loaders import chat_irc, chat_whatsapp
+from docreader.loaders.budget import Budget
 from docreader.loaders.chat_json import looks_like_chat
 from docreader.loaders.encoding import BINARY, declared_charset, decode_text
 from docreader.loaders.markdown import count_headings
@@ -26,8 +27,31 @@ _MAGIC = [  # formats we recognise only to name them in the error
     (b"\xd0\xcf\x11\xe0", "legacy Office file (.doc/.xls) — save it as DOCX or PDF"),
     (b"{\\rtf", "RTF document — save it as DOCX, PDF or text"),
 ]
-_HTML_START = re.compile(r"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.I | re.S)
+_HTML_ROOT = re.compile(r"<(!doctype\s+html|html|head|body)\b", re.I)
 _HTML_TAG = re.compile(r"</?(p|div|span|br|h[1-6]|table|a|ul|li|body|html|section|article)\b[^>]*>", re.I)
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
+
+
+def starts_like_html(text: str) -> bool:
+    """An XML declaration and comments, then <!DOCTYPE html>, <html>, <head> or <body>.
+
+    Scanned with str.find, not one regex: `(<!--.*?-->\\s*)*` backtracks exponentially on "<!---->" × 40 + "x".
+    """
+    i = _skip_space(text, 0)
+    if text.startswith("<?xml", i):
+        i = text.find(">", i) + 1
+        if not i:
+            return False
+    while text.startswith("<!--", i := _skip_space(text, i)):
+        i = text.find("-->", i + 4) + 3
+        if i < 3:
+            return False
+    return _HTML_ROOT.match(text, i) is not None
 
 
 @dataclass
@@ -78,8 +102,10 @@ def _json_chat(text: str) -> bool:
         return False
 
 
-def sniff(data: bytes, path: str, suffix: str = "") -> Sniffed:
-    """Detect the format of `data`; raise DocreaderError for binary data we cannot read."""
+def sniff(data: bytes, path: str, suffix: str = "", budget: Budget | None = None) -> Sniffed:
+    """Detect the format of `data`; raise DocreaderError for binary data we cannot read.
+
+    With a `budget`, text too large for the model window is refused before it is decoded."""
     suffix = suffix.lower()
     if b"%PDF-" in data[:1024]:
         return Sniffed("pdf")
@@ -88,8 +114,10 @@ def sniff(data: bytes, path: str, suffix: str = "") -> Sniffed:
     for magic, what in _MAGIC:
         if data.startswith(magic):
             raise DocreaderError(f"not a supported document ({what})", path=path)
+    if budget is not None:
+        budget.check_text_bytes(len(data))
     text, encoding = decode_text(data, path, declared_charset(data))
-    if _HTML_START.match(text[:4096]) or (suffix in HTML_SUFFIXES and _HTML_TAG.search(text[:65536])):
+    if starts_like_html(text[:4096]) or (suffix in HTML_SUFFIXES and _HTML_TAG.search(text[:65536])):
         return Sniffed("html", text, encoding)
     if _json_chat(text):
         return Sniffed("chat", text, encoding)
