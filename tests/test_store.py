@@ -140,18 +140,21 @@ def test_atomic_across_connections(tmp_path):
 
 def test_sessions_and_history(db):
     doc = _doc()
-    sid = store.new_session(db, doc, "m")
+    sid = store.new_session_id()
+    assert db["sessions"].count == 0  # the row comes with the first answer
+    store.save_answer(db, doc, _answer(session_id=sid, question="q1", answer="a1"), [], session_model="m")
     assert store.get_session(db)["id"] == sid and store.get_session(db, sid)["document_id"] == doc.sha256
-    store.save_answer(db, doc, _answer(session_id=sid, question="q1", answer="a1"), [])
     store.save_answer(db, doc, _answer(question="unrelated"), [])
-    store.save_answer(db, doc, _answer(session_id=sid, question="q2", answer="a2"), [])
+    store.save_answer(db, doc, _answer(session_id=sid, question="q2", answer="a2"), [], session_model="m")
     assert store.session_history(db, sid) == [("q1", "a1"), ("q2", "a2")]
     assert [r["question"] for r in store.recent_answers(db, 10, sid)] == ["q2", "q1"]
-    sid2 = store.new_session(db, doc, "m")
+    assert db["sessions"].count == 1 and store.get_session(db, sid)["model"] == "m"
+    sid2 = store.new_session_id()
+    store.save_answer(db, doc, _answer(session_id=sid2), [], session_model="m")
     assert store.get_session(db)["id"] == sid2  # --continue takes the latest
     with pytest.raises(sqlite3.IntegrityError):  # a session's answers must belong to a real session
         store.save_answer(db, doc, _answer(session_id="nope"), [])
-    assert db["answers"].count == 3
+    assert db["answers"].count == 4
 
 
 def test_missing_rows_are_user_errors(db):
