@@ -13,6 +13,7 @@ import os
 import sqlite3
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
 from functools import wraps
@@ -199,7 +200,6 @@ def _insert(db: Log, table: str, row: dict, upsert_pk: str | None = None) -> int
 def new_session_id() -> str:
     """A chat session's id; its row is written with its first answer (`save_answer(session_model=...)`),
     so a chat that ends or is killed before answering leaves nothing behind."""
-    import uuid
     return uuid.uuid4().hex[:12]
 
 
@@ -221,7 +221,7 @@ def save_answer(db: Log, doc: Document, answer: dict, spans: list[dict], session
 def keep_unsaved(answer: dict, log_path: Path) -> Path | None:
     """Write an answer the log could not take to a JSON file beside the log (else in the temp dir), whole
     or not at all; returns its path (None when no folder could take it)."""
-    name = f"unsaved-answer-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
+    name = f"unsaved-answer-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.json"  # never overwrites
     data = json.dumps(answer, ensure_ascii=False, indent=2) + "\n"
     for folder in (Path(log_path).parent / "unsaved", Path(tempfile.gettempdir())):
         tmp = None

@@ -191,3 +191,26 @@ def test_concurrent_first_open(tmp_path):
         db = store.open_db(path)
         assert [r["name"] for r in db["_migrations"].rows] == [fn.__name__ for fn in store.MIGRATIONS]
         assert counts(db) == {"documents": 1, "sessions": 0, "answers": 6, "spans": 6}
+
+
+def test_full_disk_is_one_log_error_and_leaves_nothing(db, tmp_path):
+    pages = db.conn.execute("pragma page_count").fetchone()[0]
+    db.conn.execute(f"pragma max_page_count = {pages}")  # the disk is full from here on
+    with pytest.raises(store.LogError) as e:
+        store.save_answer(db, _doc("x" * 20000 + "\nlast page\n"), _answer(), [_span()])
+    assert str(e.value) == f"{tmp_path / 'log.db'}: the disk is full (database or disk is full)"
+    db.conn.execute("pragma max_page_count = 1073741823")
+    assert counts(db) == {"documents": 0, "sessions": 0, "answers": 0, "spans": 0}
+
+
+def test_unsaved_answer_is_kept_whole_beside_the_log_or_in_tmp(tmp_path, monkeypatch):
+    log = tmp_path / "log.db"
+    kept = store.keep_unsaved({"answer": "Forty-two \x1b."}, log)
+    assert kept.parent == tmp_path / "unsaved" and json.loads(kept.read_text())["answer"] == "Forty-two \x1b."
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]  # no temporary file left behind
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "unsaved").write_text("a file where the folder should be")
+    monkeypatch.setattr(store.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert store.keep_unsaved({"answer": "x"}, blocked / "log.db").parent == tmp_path / "tmp"
