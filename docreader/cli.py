@@ -137,9 +137,9 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
     _print_spans(out["spans"], spans)
     t = out["timings"]
     say(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
-               f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · prefill {t['prefill_s']:.1f}s · "
-               f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
-               + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
+        f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · prefill {t['prefill_s']:.1f}s · "
+        f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
+        + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
 
 
 @app.command()
@@ -192,7 +192,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         say("")
         if ans.dropped_turns:
             say(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "
-                       f"were left out of the context)")
+                f"were left out of the context)")
         _print_spans(ans.to_json()["spans"], spans)
         history.append((q, ans.text))
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,24 +81,38 @@ def quick_lock(monkeypatch):
 
 
 def hold_lock(home: Path, kind: str) -> sqlite3.Connection:
-    """Another process's lock (a second connection locks the file the same way)."""
+    """A lock held by a second connection (which locks the file as another process would)."""
     store.open_db().conn.close()
     other = sqlite3.connect(home / "docreader.db", isolation_level=None)
     other.execute(f"BEGIN {kind}")
     return other
 
 
+@contextmanager
+def locked_by_another_process(home: Path, kind: str):
+    """A real second process holds `BEGIN kind` on the log until the block ends (no sleeps: it says when)."""
+    store.open_db().conn.close()
+    code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN ' + sys.argv[2]); print('locked', flush=True); sys.stdin.readline()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(home / "docreader.db"), kind],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "locked\n"
+        yield
+    finally:
+        proc.stdin.close()
+        proc.wait()
+
+
 def test_locked_log_is_reported_before_the_model_loads(home, contract, quick_lock, no_model):
-    other = hold_lock(home, "IMMEDIATE")  # a writer: reading works, writing waits and gives up
     db = str(home / "docreader.db")
-    fails("ask", contract, "Who?", name=db, reason="the log is locked by another process (waited 0.05 s); --no-log")
-    fails("chat", contract, name=db, reason="the log is locked by another process", input="Who?\n")
-    assert invoke("log").stdout == "no answers yet\n"
-    other.execute("ROLLBACK")
-    other.execute("BEGIN EXCLUSIVE")  # mid-commit: even reading waits
-    for cmd in (["log"], ["documents"], ["audit", "1"], ["chat", "-c"]):
-        fails(*cmd, name=db, reason="the log is locked by another process (waited 0.05 s)")
-    other.execute("ROLLBACK")
+    with locked_by_another_process(home, "IMMEDIATE"):  # a writer: reading works, writing waits and gives up
+        fails("ask", contract, "Who?", name=db, reason="the log is locked by another process (waited 0.05 s); --no-log")
+        fails("chat", contract, name=db, reason="the log is locked by another process", input="Who?\n")
+        assert invoke("log").stdout == "no answers yet\n"
+    with locked_by_another_process(home, "EXCLUSIVE"):  # mid-commit: even reading waits
+        for cmd in (["log"], ["documents"], ["audit", "1"], ["chat", "-c"]):
+            fails(*cmd, name=db, reason="the log is locked by another process (waited 0.05 s)")
     assert db_counts(home) == NO_ROWS
 
 
