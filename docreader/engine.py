@@ -156,6 +156,8 @@ class Reader:
         return ans
 
     def save(self, ans: Answer) -> int:
+        """Log the answer (creating its chat session with the first one); when the log cannot take it,
+        write it to a JSON file and say where in the error."""
         row = {"session_id": ans.session_id, "question": ans.question, "answer": ans.text, "model": ans.model,
                "mode": ans.mode, "dsa": json.dumps(ans.dsa), "prompt_tokens": ans.prompt_tokens,
                "document_tokens": ans.document_tokens, "new_tokens": ans.new_tokens,
@@ -165,4 +167,10 @@ class Reader:
         spans = [{"rank": s.rank, "char_start": s.char_start, "char_end": s.char_end, "page": s.location.get("page"),
                   "label": s.location.get("label", ""), "score": s.score, "location": json.dumps(s.location)}
                  for s in ans.spans]
-        return store.save_answer(store.open_db(self.db_path), ans.document, row, spans)
+        try:
+            db = store.open_db(self.db_path)
+            return store.save_answer(db, ans.document, row, spans, session_model=self.spec or models.DEFAULT_MODEL)
+        except store.LogError as e:  # the answer was generated (and maybe streamed): keep it
+            kept = store.keep_unsaved(ans.to_json(), Path(e.path or store.db_path()))
+            where = f"the answer is kept in {kept}" if kept else "the answer could not be kept anywhere"
+            raise store.LogError(f"not logged: {e}; {where}") from e

@@ -18,3 +18,9 @@ class DocreaderError(Exception):
     def __init__(self, message: str, path: str | None = None):
         self.path = path
         super().__init__(one_line(f"{path}: {message}" if path else message))
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first non-empty line (library errors can span many)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

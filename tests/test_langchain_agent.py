@@ -73,7 +73,8 @@ def check(ns: dict, doc: Path) -> list[ToolMessage]:
     return tool_msgs
 
 
-def test_readme_agent_loop_with_fake_tool_calling_model(home, tmp_path, tmp_path_factory):
+def test_readme_agent_loop_with_fake_tool_calling_model(home, tmp_path, tmp_path_factory, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tools' default root directory
     doc = write_contract(tmp_path / "contract.txt")
     tiny = str(tiny_model_dir(tmp_path_factory.mktemp("models")))
     ns = run_loop(script(str(doc)), model=tiny, max_new_tokens=6, **TINY_DSA)
@@ -81,8 +82,9 @@ def test_readme_agent_loop_with_fake_tool_calling_model(home, tmp_path, tmp_path
 
 
 @pytest.mark.integration
-def test_real_model_agent_loop_and_chat_model(model_home, tmp_path, capsys):
+def test_real_model_agent_loop_and_chat_model(model_home, tmp_path, capsys, monkeypatch):
     """The default SmolLM2-135M with its trained indexer on a short contract (well under a minute)."""
+    monkeypatch.chdir(tmp_path)  # the tools' and the chat model's default root directory
     doc = write_contract(tmp_path / "contract.txt", LONG_CONTRACT)
     ns = run_loop(script(str(doc)), max_new_tokens=24)
     asked = check(ns, doc)[0]

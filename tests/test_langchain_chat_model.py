@@ -64,7 +64,8 @@ def tiny(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def contract(tmp_path) -> Path:
+def contract(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # documents must lie inside the root directory: by default the working directory
     return write_contract(tmp_path / "contract.txt")
 
 

@@ -17,6 +17,11 @@ from docreader import store  # noqa: E402
 from docreader.langchain import ask_document, audit_answer, docreader_tools, list_documents  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tools' default root directory
+
+
 @pytest.fixture(scope="module")
 def tools(tmp_path_factory) -> dict:
     tiny = str(tiny_model_dir(tmp_path_factory.mktemp("models")))
@@ -67,3 +72,52 @@ def test_errors_go_back_to_the_agent(tools, home, tmp_path):
     unknown = call(tools["audit_answer"], {"answer_id": 99})
     assert unknown.status == "error" and "no answer with id 99" in unknown.content
     assert call(tools["list_documents"], {}).content == "no documents yet"
+
+
+# -- the root directory (issue 15: an agent asked about /etc/os-release and got it quoted back) ------------
+
+def test_paths_outside_the_root_are_refused(tools, home, tmp_path):
+    inside = write_contract(tmp_path / "contract.txt")
+    outside = write_contract(tmp_path.parent / f"{tmp_path.name}-secret.txt")
+    (tmp_path / "link.txt").symlink_to(outside)
+    (tmp_path / "dirlink").symlink_to(tmp_path.parent, target_is_directory=True)
+    for path in ("/etc/os-release", str(outside), "link.txt", str(tmp_path / "link.txt"), f"../{outside.name}",
+                 f"dirlink/{outside.name}", "~/.bashrc"):
+        msg = call(tools["ask_document"], {"path": path, "question": "What does it say?"})
+        assert msg.status == "error" and msg.content == (f"error: {path}: outside the allowed directory "
+                                                         f"{tmp_path} (set root_dir to allow it)"), msg.content
+    assert store.open_db()["answers"].count == 0
+    assert call(tools["ask_document"], {"path": "contract.txt", "question": "What law?"}).status == "success"
+    assert str(inside) in call(tools["list_documents"], {}).content
+
+
+def test_audit_and_list_keep_to_the_root(tools, home, tmp_path, monkeypatch):
+    """Answers logged about files elsewhere (by the CLI, or with another root) are not quoted to the agent."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    doc = write_contract(elsewhere / "private.txt")
+    wide = {t.name: t for t in docreader_tools(model=tools["ask_document"].model, max_new_tokens=4,
+                                               root_dir=str(elsewhere), **TINY_DSA)}
+    assert call(wide["ask_document"], {"path": str(doc), "question": "What law?"}).status == "success"
+    narrow = tmp_path / "narrow"
+    narrow.mkdir()
+    monkeypatch.chdir(narrow)
+    audit = call(tools["audit_answer"], {"answer_id": 1})
+    assert audit.status == "error" and "outside the allowed directory" in audit.content
+    assert "private" not in call(tools["list_documents"], {}).content
+    assert call(wide["audit_answer"], {"answer_id": 1}).status == "success"
+
+
+def test_chat_model_keeps_to_its_root(tools, home, tmp_path):
+    from langchain_core.messages import HumanMessage
+
+    from docreader.errors import DocreaderError
+    from docreader.langchain import ChatDocreader
+    llm = ChatDocreader(model=tools["ask_document"].model, max_tokens=4, log=False, **TINY_DSA)
+    block = {"type": "file", "url": "file:///etc/os-release"}
+    for call_it in (lambda: llm.invoke("What?", document="/etc/os-release"),
+                    lambda: llm.invoke([HumanMessage(content=[block, {"type": "text", "text": "What?"}])])):
+        with pytest.raises(DocreaderError, match="/etc/os-release: outside the allowed directory"):
+            call_it()
+    write_contract(tmp_path / "contract.txt")
+    assert llm.invoke("What law?", document="contract.txt").content is not None

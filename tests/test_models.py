@@ -12,9 +12,13 @@ from docreader import models
 from docreader.errors import DocreaderError
 
 
+EMPTY_SAFETENSORS = (2).to_bytes(8, "little") + b"{}"  # a valid file holding no tensors
+
+
 def fake_model_dir(path, model_type="llama"):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (path / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)
     return path
 
 
@@ -48,6 +52,44 @@ def test_local_dirs(home, tmp_path):
     with pytest.raises(DocreaderError, match="model type 'gpt2' is not supported"):
         models.resolve(str(bad))
     assert models.resolve("hf:org/name") == ("org/name", "org/name")  # only an explicit hub id reaches the hub
+
+
+@pytest.mark.parametrize("config,weights,reason", [
+    ("{not json", EMPTY_SAFETENSORS, "unreadable config.json (Expecting property name"),
+    ("[1, 2]", EMPTY_SAFETENSORS, "config.json is not a JSON object"),
+    ('{"model_type": "llama"}', None, "no model weights (*.safetensors or pytorch_model*.bin)"),
+    ('{"model_type": "llama"}', b"\x00garbage" * 100, "corrupt weights model.safetensors (not a safetensors file"),
+    ('{"model_type": "llama"}', (10**12).to_bytes(8, "little") + b"{}", "corrupt weights model.safetensors"),
+    ('{"model_type": "llama"}', (4).to_bytes(8, "little") + b"oops", "corrupt weights model.safetensors"),
+])
+def test_broken_model_dirs_fail_before_loading(home, tmp_path, config, weights, reason):
+    path = tmp_path / "broken"
+    path.mkdir()
+    (path / "config.json").write_text(config)
+    if weights is not None:
+        (path / "model.safetensors").write_bytes(weights)
+    with pytest.raises(DocreaderError) as e:
+        models.preflight(str(path))
+    assert reason in str(e.value) and str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+def test_only_an_explicit_install_downloads(home, monkeypatch):
+    """A question never reaches the network: without the GGUF, install_default refuses unless allowed."""
+    downloads = []
+
+    def fake_download():
+        downloads.append(1)
+        raise DocreaderError("offline")
+
+    monkeypatch.setattr(models, "find_gguf", lambda: None)
+    monkeypatch.setattr(models, "_download_gguf", fake_download)
+    for call in (lambda: models.install_default(lambda m: None), lambda: models.preflight(None)):
+        with pytest.raises(DocreaderError, match="run `docreader models install` \\(or `make model`\\)"):
+            call()
+    assert downloads == []
+    with pytest.raises(DocreaderError, match="offline"):
+        models.install_default(lambda m: None, allow_download=True)
+    assert downloads == [1]
 
 
 def test_list_models_includes_local_dirs(home):

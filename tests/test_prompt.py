@@ -79,7 +79,7 @@ def test_document_tokens_map_exactly(tokenizer):
     # the prompt is what the chat template renders, token for token
     rendered = tokenizer.apply_chat_template(messages_for(doc(), "When is payment due?", [])[0], tokenize=False,
                                              add_generation_prompt=True).replace(SENTINEL, TEXT)
-    rendered = rendered.replace("\uE000DOCREADER_Q0\uE000", "When is payment due?")
+    rendered = rendered.replace("\uE000DOCREADER_Q0\uE000", "When is payment due?").replace("\uE000DOCREADER_NAME\uE000", "contract.txt")
     assert tokenizer.decode(p.input_ids) == rendered
 
 

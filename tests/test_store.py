@@ -141,18 +141,21 @@ def test_atomic_across_connections(tmp_path):
 
 def test_sessions_and_history(db):
     doc = _doc()
-    sid = store.new_session(db, doc, "m")
+    sid = store.new_session_id()
+    assert db["sessions"].count == 0  # the row comes with the first answer
+    store.save_answer(db, doc, _answer(session_id=sid, question="q1", answer="a1"), [], session_model="m")
     assert store.get_session(db)["id"] == sid and store.get_session(db, sid)["document_id"] == doc.sha256
-    store.save_answer(db, doc, _answer(session_id=sid, question="q1", answer="a1"), [])
     store.save_answer(db, doc, _answer(question="unrelated"), [])
-    store.save_answer(db, doc, _answer(session_id=sid, question="q2", answer="a2"), [])
+    store.save_answer(db, doc, _answer(session_id=sid, question="q2", answer="a2"), [], session_model="m")
     assert store.session_history(db, sid) == [("q1", "a1"), ("q2", "a2")]
     assert [r["question"] for r in store.recent_answers(db, 10, sid)] == ["q2", "q1"]
-    sid2 = store.new_session(db, doc, "m")
+    assert db["sessions"].count == 1 and store.get_session(db, sid)["model"] == "m"
+    sid2 = store.new_session_id()
+    store.save_answer(db, doc, _answer(session_id=sid2), [], session_model="m")
     assert store.get_session(db)["id"] == sid2  # --continue takes the latest
     with pytest.raises(sqlite3.IntegrityError):  # a session's answers must belong to a real session
         store.save_answer(db, doc, _answer(session_id="nope"), [])
-    assert db["answers"].count == 3
+    assert db["answers"].count == 4
 
 
 def test_missing_rows_are_user_errors(db):
@@ -189,3 +192,26 @@ def test_concurrent_first_open(tmp_path):
         db = store.open_db(path)
         assert [r["name"] for r in db["_migrations"].rows] == [fn.__name__ for fn in store.MIGRATIONS]
         assert counts(db) == {"documents": 1, "sessions": 0, "answers": 6, "spans": 6}
+
+
+def test_full_disk_is_one_log_error_and_leaves_nothing(db, tmp_path):
+    pages = db.conn.execute("pragma page_count").fetchone()[0]
+    db.conn.execute(f"pragma max_page_count = {pages}")  # the disk is full from here on
+    with pytest.raises(store.LogError) as e:
+        store.save_answer(db, _doc("x" * 20000 + "\nlast page\n"), _answer(), [_span()])
+    assert str(e.value) == f"{tmp_path / 'log.db'}: the disk is full (database or disk is full)"
+    db.conn.execute("pragma max_page_count = 1073741823")
+    assert counts(db) == {"documents": 0, "sessions": 0, "answers": 0, "spans": 0}
+
+
+def test_unsaved_answer_is_kept_whole_beside_the_log_or_in_tmp(tmp_path, monkeypatch):
+    log = tmp_path / "log.db"
+    kept = store.keep_unsaved({"answer": "Forty-two \x1b."}, log)
+    assert kept.parent == tmp_path / "unsaved" and json.loads(kept.read_text())["answer"] == "Forty-two \x1b."
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]  # no temporary file left behind
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "unsaved").write_text("a file where the folder should be")
+    monkeypatch.setattr(store.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert store.keep_unsaved({"answer": "x"}, blocked / "log.db").parent == tmp_path / "tmp"

@@ -1,5 +1,6 @@
 """What the chat model and the tools share: one Reader per model/knobs (so the document's KV cache is
-reused across calls), one lock around generation, loaded documents, and a system-prompt override.
+reused across calls), one lock around generation, loaded documents, a system-prompt override, and the
+root directory that agents' paths must stay inside.
 
 `Reader` is not thread-safe (one model, one prefix cache, DSA recording state), and LangChain runs
 `batch` and async calls in worker threads, so every generation goes through `GENERATION_LOCK`.
@@ -38,14 +39,27 @@ def reader_for(model: str | None, overrides: dict | None = None, db_path: str | 
         return _READERS[key]
 
 
-def document_for(path: str | os.PathLike, format: str | None = None, password: str | None = None) -> Document:
-    """Load a document once per (path, size, mtime, format); later calls reuse it (and its tokens)."""
-    p = Path(path).expanduser()
+def allowed_path(path: str | os.PathLike, root_dir: str | os.PathLike | None) -> Path:
+    """`path` with symlinks resolved (a relative one taken from the root), if it lies inside `root_dir`
+    (None: the current working directory); else a DocreaderError. Paths come from a model's tool calls
+    or message content, i.e. from text anyone could have written: `/etc/passwd` must not be read."""
+    root = Path(Path.cwd() if root_dir is None else root_dir).expanduser().resolve()
+    resolved = (root / Path(path).expanduser()).resolve()
+    if not resolved.is_relative_to(root):
+        raise DocreaderError(f"outside the allowed directory {root} (set root_dir to allow it)", path=str(path))
+    return resolved
+
+
+def document_for(path: str | os.PathLike, format: str | None = None, password: str | None = None,
+                 root_dir: str | os.PathLike | None = None) -> Document:
+    """Load a document inside `root_dir` (see allowed_path) once per (path, size, mtime, format); later calls
+    reuse it (and its tokens)."""
+    p = allowed_path(path, root_dir)
     try:
         st = p.stat()
     except OSError as e:
         raise DocreaderError(f"cannot read the document ({e.strerror or e})", path=str(path)) from None
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, format)
+    key = (str(p), st.st_size, st.st_mtime_ns, format)
     with _POOL_LOCK:
         doc = _DOCS.get(key)
         if doc is not None:

@@ -44,6 +44,9 @@ class ChatDocreader(BaseChatModel):
     """Local Hugging Face model dir (Llama/Qwen2/Qwen3/Mistral) or hf:ORG/NAME; None: the default model."""
     document: str | None = None
     """Path of the document to read when the call and messages name none."""
+    root_dir: str | None = None
+    """Documents must lie inside this directory (symlinks resolved, relative paths taken from it); None: the
+    current working directory at call time. A path outside it is refused."""
     format: str | None = None
     password: SecretStr | None = None
     max_tokens: int = Field(default=256, ge=1)
@@ -102,7 +105,7 @@ class ChatDocreader(BaseChatModel):
                              "or add a {'type': 'file', 'url': 'file:///PATH'} block to a message")
         reader = reader_for(kwargs.get("model") or self.model, self._overrides(), self.db_path)
         pwd = self.password.get_secret_value() if self.password else None
-        doc = document_for(path, format=self.format, password=pwd)
+        doc = document_for(path, format=self.format, password=pwd, root_dir=self.root_dir)
         with GENERATION_LOCK:
             reader.system = system
             try:

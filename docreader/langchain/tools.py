@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from .. import store
 from ..errors import DocreaderError
-from ._readers import GENERATION_LOCK, document_for, reader_for
+from ._readers import GENERATION_LOCK, allowed_path, document_for, reader_for
 
 
 class AskArgs(BaseModel):
@@ -34,6 +34,9 @@ class NoArgs(BaseModel):
 class _DocreaderTool(BaseTool):
     model: str | None = None
     db_path: str | None = None
+    root_dir: str | None = None
+    """Documents the tools read, quote or list must lie inside this directory (symlinks resolved); None: the
+    current working directory at call time."""
     response_format: str = "content_and_artifact"
     handle_tool_error: bool = True  # a bad path or id goes back to the agent as the tool's message
 
@@ -43,6 +46,13 @@ class _DocreaderTool(BaseTool):
             return self._call(**kwargs)
         except DocreaderError as e:
             raise ToolException(f"error: {e}") from e
+
+    def _inside(self, path: str) -> bool:
+        try:
+            allowed_path(path, self.root_dir)
+        except DocreaderError:
+            return False
+        return True
 
 
 class AskDocumentTool(_DocreaderTool):
@@ -55,7 +65,7 @@ class AskDocumentTool(_DocreaderTool):
 
     def _call(self, path: str, question: str) -> tuple[str, list[dict]]:
         reader = reader_for(self.model, self.overrides, self.db_path)
-        doc = document_for(path)
+        doc = document_for(path, root_dir=self.root_dir)
         with GENERATION_LOCK:
             ans = reader.ask(doc, question, max_new_tokens=self.max_new_tokens)
         spans = ans.to_json()["spans"]
@@ -75,6 +85,7 @@ class AuditAnswerTool(_DocreaderTool):
         db = store.open_db(self.db_path)
         row = store.get_answer(db, answer_id)
         doc = store.get_document(db, row["document_id"])
+        allowed_path(doc["path"], self.root_dir)  # answers about files outside the root are not quoted back
         out = {**{k: row[k] for k in ("id", "session_id", "question", "answer", "model", "mode", "created")},
                "dsa": json.loads(row["dsa"]), "document": {"path": doc["path"], "sha256": doc["id"]},
                "spans": [{"rank": s["rank"], "score": s["score"], "text": doc["text"][s["char_start"]:s["char_end"]],
@@ -94,16 +105,17 @@ class ListDocumentsTool(_DocreaderTool):
     args_schema: type[BaseModel] = NoArgs
 
     def _call(self) -> tuple[str, list[dict]]:
-        rows = store.list_documents(store.open_db(self.db_path))
+        rows = [r for r in store.list_documents(store.open_db(self.db_path)) if self._inside(r["path"])]
         text = "\n".join(f"{r['path']} ({r['format']}, {r['chars']:,} chars, {r['answers']} answers)" for r in rows)
         return text or "no documents yet", rows
 
 
 def docreader_tools(model: str | None = None, db_path: str | None = None, max_new_tokens: int = 256,
-                    **overrides: int | None) -> list[BaseTool]:
-    """[ask_document, audit_answer, list_documents] sharing one model and one log."""
-    return [AskDocumentTool(model=model, db_path=db_path, max_new_tokens=max_new_tokens, overrides=overrides),
-            AuditAnswerTool(model=model, db_path=db_path), ListDocumentsTool(model=model, db_path=db_path)]
+                    root_dir: str | None = None, **overrides: int | None) -> list[BaseTool]:
+    """[ask_document, audit_answer, list_documents] sharing one model, one log and one root directory."""
+    shared = {"model": model, "db_path": db_path, "root_dir": root_dir}
+    return [AskDocumentTool(**shared, max_new_tokens=max_new_tokens, overrides=overrides),
+            AuditAnswerTool(**shared), ListDocumentsTool(**shared)]
 
 
 ask_document, audit_answer, list_documents = docreader_tools()

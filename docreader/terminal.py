@@ -1,0 +1,24 @@
+"""Text from documents, file names, answers and the log, made safe to print on a terminal.
+
+A document (or an answer quoting it) can hold escape sequences: OSC 52 writes the clipboard, OSC 0 sets the
+window title, CSI moves the cursor or hides text, bidi overrides reorder what is shown. `printable` shows
+each control character as an escape (`\\x1b`) instead of sending it; `--json` output keeps text exactly.
+"""
+
+from __future__ import annotations
+
+_CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0),  # C0, DEL, C1 (0x9b is a one-byte CSI)
+             0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]  # bidi marks and overrides
+
+
+def _table(keep: str) -> dict[int, str]:
+    return {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _CONTROLS if chr(c) not in keep}
+
+
+_LINES = _table("\n\t")
+_ONE_LINE = _table("")
+
+
+def printable(text: str, one_line: bool = False) -> str:
+    """`text` with control characters escaped; `one_line` escapes newlines and tabs too (error messages)."""
+    return text.translate(_ONE_LINE if one_line else _LINES)
