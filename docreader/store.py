@@ -135,11 +135,9 @@ def open_db(path: str | Path | None = None, write: bool = False) -> Log:
 @guarded
 def _prepare(db: Log, write: bool) -> None:
     db.conn.execute("PRAGMA foreign_keys = ON")
+    _check_tables(db)  # before migrating: a later migration would fail on the missing tables
     migrate(db)
-    missing = [t for t in TABLES if t not in db.table_names()]
-    if missing:
-        raise LogError(f"the log is damaged: table {', '.join(missing)} missing although its migrations are "
-                       f"recorded (move it aside to start a new log)", path=str(db.path))
+    _check_tables(db)
     if write:  # a write, rolled back: takes the write lock (bounded wait) and touches the file
         db.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -148,6 +146,17 @@ def _prepare(db: Log, write: bool) -> None:
         finally:
             if db.conn.in_transaction:
                 db.conn.execute("ROLLBACK")
+
+
+def _check_tables(db: Log) -> None:
+    # the record first: tables land with it, so one seen recorded must be there (another process may be
+    # committing them between the two reads)
+    if "m001_initial" not in _applied(db):
+        return
+    missing = [t for t in TABLES if t not in db.table_names()]
+    if missing:
+        raise LogError(f"the log is damaged: table {', '.join(missing)} missing although its migrations are "
+                       f"recorded (move it aside to start a new log)", path=str(db.path))
 
 
 def _applied(db: Log) -> set[str]:

@@ -268,7 +268,7 @@ def test_audit_log_documents_escape_control_characters(home):
 def test_error_lines_escape_control_characters(home, tmp_path):
     name = tmp_path / f"evil{TITLE}\nerror: fake second line.txt"
     line = fails("ask", name, "Who?", reason="no such file")
-    assert "\x1b" not in line and "\\x1b]0;pwned\\x07\\x0aerror: fake" in line
+    assert "\x1b" not in line and "\\x1b]0;pwned\\x07\\nerror: fake" in line
 
 
 def test_ask_escapes_the_streamed_answer_and_spans(home, contract, monkeypatch):
