@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--only", default="needle,contracts,meetings,faith", help="comma-separated parts to run")
     ap.add_argument("--model", default=None, help="docreader model spec (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weighting", default="choice", choices=("choice", "attention"),
+                    help="how DSA spans weigh the recorded keys (docreader.provenance)")
     ap.add_argument("--no-embed", action="store_true", help="skip the MiniLM baseline")
     ap.add_argument("--window-words", type=int, default=64, help="words per retrieval-baseline window")
     ap.add_argument("--report", metavar="JSON", help="only print the tables of an earlier results file")
@@ -243,7 +245,7 @@ def main(argv=None) -> int:
         kinds.add("meeting")
     rows = D.read_all(a.data, kinds)
     log(f"data: {len(rows.books)} books, {len(rows.contracts)} contracts, {len(rows.meetings)} meetings")
-    reader = Reader(model=a.model, overrides=None, db_path=str(out_path.with_suffix(".sqlite")))
+    reader = Reader(model=a.model, overrides=None, db_path=str(out_path.with_suffix(".sqlite")), weighting=a.weighting)
     lm = reader.lm
     import dataclasses
 

@@ -197,8 +197,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         kernel = "GPU prefill path (chunked selection + FlexAttention), PyTorch decode"
     elif kernels.available():
-        kernel = ("CPU kernel (fused selection + attention; decode split over OpenMP threads)" if kernels.openmp()
-                  else "CPU kernel (fused selection + attention; single-threaded decode)")
+        kernel = (f"CPU kernel, {kernels.isa()} ({'decode split over OpenMP threads' if kernels.openmp() else 'no OpenMP'})")
     else:
         kernel = f"PyTorch path{' (' + kernels.build_error() + ')' if kernels.build_error() else ''}"
     tiles = [f"{r['L']:,}: {r['dsa_prefill_tiles_frac']:.1%}" for r in rows if "dsa_prefill_tiles_frac" in r]
