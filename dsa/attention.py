@@ -194,7 +194,10 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
                 sel = select_chunk(qi[b, c0:c1], wi[b, c0:c1], keys[b], means[b], qp, cfg)
             by_attention = record and rec.weighting == "attention" and not use_dense
             if record and not by_attention:
-                rec.add(layer, b, qp, *chosen_record(sel, qp, cfg))
+                if rec.weighting == "picks":
+                    rec.add(layer, b, qp, sel.sel_idx, sel.sel_score, sel.blocks)
+                else:
+                    rec.add(layer, b, qp, *chosen_record(sel, qp, cfg))
             if use_dense:
                 continue
             with _phase(state, "attention"):

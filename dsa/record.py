@@ -4,6 +4,9 @@ Off (the default) it costs nothing: the attention path checks one attribute. On,
 the recorded queries' selections as it computes them, so provenance needs no second pass.
 
 What a record holds, by `weighting`:
+- "picks": the indexer's top-k picks alone, with their indexer scores: forced keys (sink, local window, the
+  query itself) never count, so the last ~128 document tokens before the question can be cited only by
+  later queries (answer tokens past the window).
 - "choice": the keys the indexer itself would pick with nothing forced: the top `top_k` by indexer score
   among every causal key but the attention sink (the local window and the query itself compete like any
   other key), with their indexer scores. A subset of what the sparse attention read. Forced keys are not
@@ -19,7 +22,7 @@ from typing import Callable
 
 import torch
 
-WEIGHTINGS = ("choice", "attention")
+WEIGHTINGS = ("picks", "choice", "attention")
 
 
 @dataclass
