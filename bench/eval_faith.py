@@ -45,8 +45,9 @@ def random_ranges(n_chars: int, lengths: list[int], avoid: list[tuple[int, int]]
 
 
 def drop_test(lm, doc: Document, question: str, answer: str, top: list[tuple[int, int]], k: int, n_random: int,
-              seed: int, mode: str) -> dict | None:
-    """log p(answer) with the full document, without the top-k spans, and without n_random random sets."""
+              seed: int, mode: str, base: float | None = None) -> dict | None:
+    """log p(answer) with the full document (or `base`, when already scored), without the top-k spans, and
+    without n_random random sets."""
     from .eval_attention import answer_ids, answer_logprob  # torch + transformers: only when scoring
 
     ids = answer_ids(lm, answer)
@@ -58,7 +59,7 @@ def drop_test(lm, doc: Document, question: str, answer: str, top: list[tuple[int
     def score(text: str) -> float:
         return answer_logprob(lm, Document(doc.path, doc.format, text, [], doc.meta), question, ids, mode)
 
-    base = score(doc.text)
+    base = score(doc.text) if base is None else base
     top_lp = score(ablate(doc.text, top))
     lengths = [b - a for a, b in top]
     rnd = [score(ablate(doc.text, random_ranges(len(doc.text), lengths, top, rng))) for _ in range(n_random)]

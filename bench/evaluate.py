@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--only", default="needle,contracts,meetings,faith", help="comma-separated parts to run")
     ap.add_argument("--model", default=None, help="docreader model spec (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--weighting", default="choice", choices=("picks", "choice", "attention"),
+    ap.add_argument("--weighting", default="picks", choices=("picks", "choice", "attention"),
                     help="how DSA spans weigh the recorded keys (docreader.provenance)")
     ap.add_argument("--no-embed", action="store_true", help="skip the MiniLM baseline")
     ap.add_argument("--window-words", type=int, default=64, help="words per retrieval-baseline window")

@@ -78,7 +78,7 @@ class Reader:
     system: str | None = None  # replaces prompts/system.txt when set
 
     def __init__(self, model: str | None = None, overrides: dict | None = None, db_path: str | Path | None = None,
-                 weighting: str = "choice"):
+                 weighting: str = "picks"):
         self.spec = model
         self.weighting = weighting  # how spans weigh the recorded keys: see docreader.provenance
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

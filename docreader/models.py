@@ -275,7 +275,7 @@ def provenance_info(lm: "LoadedModel", mode: str, paths: dict, weighting: str) -
             "attention": mode, "device": device,
             "cpu_kernel": kernels.describe() if device == "cpu" else None,
             "paths": served, "kernel_paths": {k: v for k, v in paths.items() if k not in served},
-            "weighting": weighting if mode == "sparse" else "choice",
+            "weighting": weighting if mode == "sparse" or weighting != "attention" else "choice",
             "spans_are": ("what the indexer chose among the keys the sparse attention read" if mode == "sparse"
                           else "what the indexer would have chosen; attention was dense and read every key"),
             "code": code_version()}

@@ -4,13 +4,13 @@ Off (the default) it costs nothing: the attention path checks one attribute. On,
 the recorded queries' selections as it computes them, so provenance needs no second pass.
 
 What a record holds, by `weighting`:
-- "picks": the indexer's top-k picks alone, with their indexer scores: forced keys (sink, local window, the
-  query itself) never count, so the last ~128 document tokens before the question can be cited only by
-  later queries (answer tokens past the window).
-- "choice": the keys the indexer itself would pick with nothing forced: the top `top_k` by indexer score
-  among every causal key but the attention sink (the local window and the query itself compete like any
-  other key), with their indexer scores. A subset of what the sparse attention read. Forced keys are not
-  choices: counting the local window as one made the document's last tokens rank first for every question.
+- "picks" (default): the indexer's top-k picks alone, with their indexer scores: forced keys (sink, local
+  window, the query itself) never count, so the last ~128 document tokens before the question can be cited
+  only by later queries (answer tokens past the window).
+- "choice": what the indexer chose among what the query attended: the top `top_k` of its attended keys by
+  indexer score, the forced local window competing with the picks instead of being counted whole (the old
+  record counted it whole, and the document's last tokens ranked first for every question). The indexer
+  scores recent tokens high, so the window still wins most of its places.
 - "attention": every key the sparse attention read apart from the sink, with its attention probability
   (mean over the query heads) in `weight`.
 """
@@ -45,7 +45,7 @@ class SelectionRecorder:
     on_select: Callable[[Selection], None] | None = None
     selections: list[Selection] = field(default_factory=list)
     ranges: list[tuple[int, int | None]] | None = None
-    weighting: str = "choice"
+    weighting: str = "picks"
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:

@@ -111,30 +111,36 @@ def test_causality_at_long_context():
             assert set(a.idx[i].tolist()) == set(b.idx[i].tolist())
 
 
-def test_selection_respects_budgets():
+@pytest.mark.parametrize("weighting", ["picks", "choice", "attention"])
+def test_selection_respects_budgets(weighting):
     model = tiny()
     cfg = small()
     dsa.attach(model, cfg)
     got = []
-    with dsa.recording(model, dsa.SelectionRecorder(on_select=got.append)):
+    with dsa.recording(model, dsa.SelectionRecorder(on_select=got.append, weighting=weighting)):
         logits(model, ids(800))
     assert {s.layer for s in got} == {1, 2}  # layer 0 stays dense by default
     for s in got:
         valid = s.idx >= 0
-        # the record: the indexer's own top-k choice (forced keys compete), never the sink
-        assert (valid.sum(-1) <= cfg.top_k).all()
-        assert not ((s.idx >= 0) & (s.idx < cfg.sink_tokens)).any()
-        assert not (s.idx == s.qpos[:, None]).any()  # the query itself is no choice
+        assert not ((s.idx >= 0) & (s.idx < cfg.sink_tokens)).any()  # never the sink
+        assert (s.idx <= s.qpos[:, None]).all()
+        local = valid & (s.qpos[:, None] - s.idx < cfg.local_window)
+        if weighting == "picks":  # the top-k picks alone: no forced key, a full top_k late in the context
+            assert not local.any()
+            assert (valid[s.qpos > 400].sum(-1) == cfg.top_k).all()
+        elif weighting == "choice":  # picks and window compete for top_k places
+            assert (valid.sum(-1) <= cfg.top_k).all() and not (s.idx == s.qpos[:, None]).any()
+        else:  # everything attended but the sink, weighted by attention probability
+            assert (local.sum(-1) == torch.clamp(s.qpos + 1 - cfg.sink_tokens, min=0, max=cfg.local_window)).all()
+            assert torch.allclose(s.weight.sum(-1)[s.qpos > 400], torch.ones(1), atol=0.2)
+            assert (s.weight[~valid] == 0).all()
         assert s.blocks.shape[1] == cfg.n_blocks
-        # chosen tokens lie inside the excerpts stage 1 kept, or in forced (sink/local) blocks
+        # recorded tokens lie inside the excerpts stage 1 kept, or in forced (sink/local) blocks
         blk = torch.where(valid, s.idx // cfg.block_size, torch.full_like(s.idx, -1))
         forced = (blk < cfg.sink_tokens // cfg.block_size + 1) | (
             blk >= (s.qpos[:, None] - cfg.local_window + 1).clamp(min=0) // cfg.block_size)
         kept = (blk[:, :, None] == s.blocks[:, None, :]).any(-1)
         assert (kept | forced | ~valid).all()
-        # queries late in the context choose a full top_k (less what fell in the sink)
-        late = s.qpos > 400
-        assert (valid[late].sum(-1) >= cfg.top_k - cfg.sink_tokens).all()
 
 
 @pytest.mark.parametrize("L", [100, 700, 1537])

@@ -146,15 +146,23 @@ def test_errors_write_nothing(model_home, irc_file, monkeypatch):
 
 
 @pytest.mark.integration
-def test_document_tail_can_be_cited(model_home, irc_file):
+def test_forced_window_is_not_counted_as_chosen(model_home, irc_file):
+    """The last document tokens sit in every recorded query's forced local window: they are attended
+    whatever the question, so the default record gives them no weight (the old record counted the window
+    whole, and the document's end ranked first for every question)."""
     import dsa
-    from docreader.provenance import SelectionAccumulator
+    from docreader.provenance import SelectionAccumulator, record_ranges
     reader = Reader()
     lm = reader.lm
     doc = load(str(irc_file))
     p = reader.prompt(doc, "What was said last?", None, 2)
-    acc = SelectionAccumulator(len(p.input_ids) + 2, record_from=p.doc_end)
+    acc = SelectionAccumulator(len(p.input_ids) + 2, ranges=record_ranges(p))
     with dsa.recording(lm.model, acc.recorder):
         generate(lm.model, lm.tokenizer, p.input_ids, 2)
-    tail = acc.weights[p.doc_end - 20 : p.doc_end]  # the last 20 document tokens (the last message)
-    assert bool((tail > 0).all())
+    cfg = lm.model.dsa_state.config
+    last = len(p.input_ids)  # the last recorded query (the second answer token's)
+    lo = last - cfg.local_window + 1  # from here on every recorded query's window covers the token
+    assert p.doc_start < lo < p.doc_end - 100  # a real stretch of document lies in every window
+    assert acc.rows > 0 and float(acc.weights[: lo].sum()) > 0
+    assert float(acc.weights[lo : p.doc_end].sum()) == 0.0
+    assert float(acc.weights[p.question_span[0] : p.question_span[1]].sum()) == 0.0  # nor the question itself
