@@ -150,7 +150,8 @@ class Reader:
                       "phases_s": {k: round(v, 3) for k, v in phases.items() if k != "keys_read"},
                       "keys_read": int(phases.get("keys_read", 0))},
                      session_id=session_id,
-                     provenance=models.provenance_info(lm, mode, paths, self.weighting))
+                     provenance=models.provenance_info(lm, mode, paths, self.weighting)
+                     | {"undecodable_pages": document.meta.get("undecodable_pages", [])})
         if log:
             ans.id = self.save(ans)
         return ans
