@@ -239,8 +239,14 @@ def test_ask_json_audit_log(model_home, irc_file):
     assert audit["dsa"] == out["dsa"] and audit["mode"] == "sparse"
     key = lambda s: (s["rank"], s["char_start"], s["char_end"], s["text"], s["label"], s.get("message"))
     assert [key(s) for s in audit["spans"]] == [key(s) for s in out["spans"]]
+    # what produced the spans: the same record in --json and the log, named by audit
+    prov = out["provenance"]
+    assert audit["provenance"] == prov and prov["indexer"]["trained"] and prov["weighting"] == "picks"
+    assert prov["dsa"]["top_k"] == 96 and prov["attention"] == "sparse" and prov["code"]["code_sha256"]
+    assert prov["cpu_kernel"].startswith(("kernel/", "torch")) and sum(prov["paths"].values()) > 0
     text = run("audit", out["id"]).stdout
     assert out["spans"][0]["label"] in text and "│ " in text
+    assert f"indexer {prov['indexer']['sha256'][:12]}" in text and prov["cpu_kernel"] in text
     assert "Who buys music from iTunes?" in run("log", "-n", "1").stdout
     assert json.loads(run("documents", "--json").stdout)[0]["answers"] == 1
     # --no-log answers without writing
@@ -314,7 +320,7 @@ def test_ask_streams_dense_markdown(model_home, tmp_path):
     assert row["mode"] == "dense" and json.loads(row["dsa"])["mode"] == "dense"
     out = result.stdout
     assert out.lstrip().startswith(row["answer"])  # the streamed answer comes first
-    assert "Selected source spans" in out and "dense attention" in out
+    assert "Indexer spans (dense attention read every key" in out and "Selected source spans" not in out
     assert f"answer #{row['id']} (docreader audit {row['id']})" in out
     printed = re.findall(r"^\s+(\d+)\. \[([^\]]+)\] score", out, re.M)
     assert 1 <= len(printed) <= 3 and [int(r) for r, _ in printed] == list(range(1, len(printed) + 1))
