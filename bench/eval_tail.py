@@ -118,22 +118,33 @@ def main(argv=None) -> None:
                       f"{time.perf_counter() - t0:5.1f}s", file=sys.stderr, flush=True)
             else:
                 recs.append(rec)
-    table = summarize(recs, ["bm25", *kinds])
+    report(recs, summarize(recs, ["bm25", *kinds]), a.out)
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def span_scores(recs: list[dict], kind: str) -> dict:
+    """Mean tail share of the top-3 spans and hit@1/3 of the gold clause, for one kind of provenance."""
+    rows = [([tuple(s) for s in r["spans"][kind]], [tuple(g) for g in r["gold"]], r["chars"])
+            for r in recs if kind in r["spans"]]
+    return {"tail": M.mean(tail_share(s, n) for s, _, n in rows),
+            **{f"hit@{k}": M.mean(M.hit_at_k(s, g, k) for s, g, _ in rows) for k in (1, 3)}}
+
+
+def report(recs: list[dict], table: str, out: str | None) -> None:
     print(table)
-    if a.out:
-        Path(a.out).write_text(json.dumps({"records": recs, "table": table}, indent=1))
+    if out:
+        Path(out).write_text(json.dumps({"records": recs, "table": table}, indent=1))
 
 
 def summarize(recs: list[dict], kinds: list[str]) -> str:
     lines = [f"{len(recs)} questions on {len({r['pdf'] for r in recs})} contracts",
              "| provenance | top-3 spans in the last 2% | hit@1 | hit@3 |", "|---|---|---|---|"]
     for kind in kinds:
-        rows = [r for r in recs if kind in r["spans"]]
-        ts = M.mean(tail_share([tuple(s) for s in r["spans"][kind]], r["chars"]) for r in rows)
-        h1 = M.mean(M.hit_at_k([tuple(s) for s in r["spans"][kind]], r["gold"], 1) for r in rows)
-        h3 = M.mean(M.hit_at_k([tuple(s) for s in r["spans"][kind]], r["gold"], 3) for r in rows)
-        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-        lines.append(f"| {kind} | {fmt(ts)} | {fmt(h1)} | {fmt(h3)} |")
+        s = span_scores(recs, kind)
+        lines.append(f"| {kind} | {fmt(s['tail'])} | {fmt(s['hit@1'])} | {fmt(s['hit@3'])} |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,6 @@ whole, weighted by indexer score) by swapping `dsa.select.chosen_record`, for th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ if str(ROOT) not in sys.path:
 from bench import eval_data as D  # noqa: E402
 from bench import eval_metrics as M  # noqa: E402
 from bench.eval_retrieval import fixed_windows, rank_bm25  # noqa: E402
-from bench.eval_tail import natural_question, tail_share  # noqa: E402
+from bench.eval_tail import fmt, natural_question, report, span_scores  # noqa: E402
 
 
 def legacy_record(sel, qpos, cfg):
@@ -96,23 +95,18 @@ def main(argv=None) -> None:
                           f"{r['base'] - r['top']:+.2f} random {r['base'] - sum(r['random']) / len(r['random']):+.2f} "
                           f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
             recs.append(rec)
-    table = summarize(recs, ["bm25", *kinds])
-    print(table)
-    if a.out:
-        Path(a.out).write_text(json.dumps({"records": recs, "table": table}, indent=1))
+    report(recs, summarize(recs, ["bm25", *kinds]), a.out)
 
 
 def summarize(recs: list[dict], kinds: list[str]) -> str:
-    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [f"{len(recs)} answers on {len({r['doc'] for r in recs})} contracts",
              "| provenance | n | top-3 drop (nats) | random drop | top beats random | tail share of top-3 | hit@3 |",
              "|---|---|---|---|---|---|---|"]
     for kind in kinds:
         s = M.drop_summary([r["faith"][kind] for r in recs if r["faith"].get(kind)])
-        ts = M.mean(tail_share([tuple(x) for x in r["spans"][kind]], r["chars"]) for r in recs)
-        h3 = M.mean(M.hit_at_k([tuple(x) for x in r["spans"][kind]], [tuple(g) for g in r["gold"]], 3) for r in recs)
+        sc = span_scores(recs, kind)
         lines.append(f"| {kind} | {s['n']} | {fmt(s.get('top_drop_mean'))} | {fmt(s.get('random_drop_mean'))} | "
-                     f"{fmt(s.get('top_beats_random'))} | {fmt(ts)} | {fmt(h3)} |")
+                     f"{fmt(s.get('top_beats_random'))} | {fmt(sc['tail'])} | {fmt(sc['hit@3'])} |")
     return "\n".join(lines)
 
 

@@ -233,14 +233,6 @@ _warned: set[str] = set()
 UNTRAINED_SEED = 0  # the untrained-indexer fallback's initialisation
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=None)
 def _indexer_info(weights_dir: str | None) -> dict:
     if weights_dir is None:

@@ -32,6 +32,7 @@ _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
 _error = ""
 _openmp = False  # built with OpenMP: decode steps split over threads
 _flags: list[str] = []  # the flags of the loaded build
+STAT_NAMES = ("tiles_dense", "tiles_sparse", "decoded", "threads")  # the kernel's path counts, in its order
 
 _i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _ptr = ctypes.c_void_p
@@ -62,13 +63,17 @@ def _compile(flags: list[str]) -> Path:
     return so
 
 
+def on_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
 def flag_sets() -> list[list[str]]:
     """Compiler flags to try in order: tuned for this CPU first, then portable. -mprefer-vector-width and the
     ISA switches exist on x86 only; aarch64 g++ takes -mcpu=native."""
     isa = os.environ.get("DSA_KERNEL_ISA", "native")
     if isa not in ISA_FLAGS:
         raise RuntimeError(f"DSA_KERNEL_ISA must be one of {', '.join(ISA_FLAGS)}, got {isa!r}")
-    if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
+    if on_x86():
         return [BASE + ["-march=native", "-mprefer-vector-width=512", *ISA_FLAGS[isa]], BASE]
     return [BASE + ["-mcpu=native"], BASE + ["-march=native"], BASE]
 
@@ -173,6 +178,3 @@ def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means:
             stats[name] = stats.get(name, 0) + counts[i]
         stats["threads"] = max(stats.get("threads", 0), counts[3])
     return nread, (phase[0], phase[1])
-
-
-STAT_NAMES = ("tiles_dense", "tiles_sparse", "decoded", "threads")

@@ -10,25 +10,7 @@ import zlib
 import zipfile
 from pathlib import Path
 
-from corpus import W, docx_bytes, epub_bytes, pdf_bytes, page_texts
-
-FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
-
-
-def raw_pdf(objects: list[bytes]) -> bytes:
-    """A PDF from object bodies numbered 1.. in order (1 must be the catalog), with a correct xref table."""
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for num, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % num + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    for off in offsets:
-        out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
+from corpus import FONT, W, docx_bytes, epub_bytes, page_texts, pdf_bytes, raw_pdf
 
 
 def stream(data: bytes, extra: bytes = b"", compress: bool = False) -> bytes:

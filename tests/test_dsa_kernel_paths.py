@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_each_isa_build_matches_reference(isa, tmp_path):
     """Every build this CPU can run attends what the reference attends, on both tile paths and decode."""
     if isa == "avx2" and not {"avx2", "fma"} <= _cpu_flags():
         pytest.skip("this CPU has no AVX2/FMA")
-    if platform_is_not_x86() and isa != "native":
+    if not kernels.on_x86() and isa != "native":
         pytest.skip("ISA switches are x86 only")
     env = {"DSA_KERNEL_ISA": isa} | ({} if isa == "native" else {"DSA_KERNEL_DIR": str(tmp_path)})
     for got in run_isolated(env, threads=2, overlaps=(False, True)):
@@ -97,11 +98,6 @@ def test_each_isa_build_matches_reference(isa, tmp_path):
         if isa != "native":
             assert got["isa"] == isa, got
         assert got["decoded"] == 3 and got["tiles_dense"] + got["tiles_sparse"] == 10, got
-
-
-def platform_is_not_x86() -> bool:
-    import platform
-    return platform.machine().lower() not in ("x86_64", "amd64")
 
 
 def test_dense_tile_path_is_reached():
@@ -117,7 +113,6 @@ def test_dense_tile_path_is_reached():
 
 def test_flag_sets_are_portable(monkeypatch):
     """x86 flags are never tried first on another architecture, and a portable set always comes last."""
-    import platform
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     sets = kernels.flag_sets()
     assert not any("-mprefer-vector-width=512" in s or "-mno-avx512f" in s for s in sets)

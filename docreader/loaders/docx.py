@@ -25,46 +25,41 @@ _HEADING_NAME = re.compile(r"^(heading|überschrift|titre|titolo|título|kop)\s*
 _PROPERTIES = {"pPr", "rPr", "tblPr", "sectPr", "del", "moveFrom", "instrText", "fldData"}
 
 
-def paragraph_text(p: ET.Element) -> str:
-    """The runs of one paragraph: text, tabs and line breaks, without deleted text or field codes.
+_RUN_TEXT = {"tab": "\t", "br": "\n", "cr": "\n", "noBreakHyphen": "-"}  # besides <w:t>
 
-    Walked with an explicit stack, not recursion: runs or content controls nested 5,000 deep are legal XML."""
-    parts: list[str] = []
-    stack = [iter(p)]
+
+def _walk(root: ET.Element, descend) -> Iterator[ET.Element]:
+    """The elements under `root` in document order, entering those whose local name `descend` accepts.
+    An explicit stack, not recursion: runs or content controls nested 5,000 deep are legal XML."""
+    stack = [iter(root)]
     while stack:
         child = next(stack[-1], None)
         if child is None:
             stack.pop()
             continue
-        name = local(child.tag)
-        if name in _PROPERTIES:  # tab stops live in pPr/tabs and are not text
-            continue
-        if name == "t" and child.text:
-            parts.append(child.text)
-        elif name == "tab":
-            parts.append("\t")
-        elif name in ("br", "cr"):
-            parts.append("\n")
-        elif name == "noBreakHyphen":
-            parts.append("-")
-        else:
+        yield child
+        if descend(local(child.tag)):
             stack.append(iter(child))
+
+
+def paragraph_text(p: ET.Element) -> str:
+    """The runs of one paragraph: text, tabs and line breaks, without deleted text or field codes."""
+    parts: list[str] = []
+    # property elements (tab stops live in pPr/tabs) are neither text nor entered
+    for el in _walk(p, lambda n: n not in _PROPERTIES and n != "t" and n not in _RUN_TEXT):
+        name = local(el.tag)
+        if name == "t" and el.text:
+            parts.append(el.text)
+        elif name in _RUN_TEXT:
+            parts.append(_RUN_TEXT[name])
     return "".join(parts)
 
 
 def _blocks(container: ET.Element) -> Iterator[ET.Element]:
-    """Paragraphs and tables in document order, looking through content controls and revisions (no recursion)."""
-    stack = [iter(container)]
-    while stack:
-        child = next(stack[-1], None)
-        if child is None:
-            stack.pop()
-            continue
-        name = local(child.tag)
-        if name in ("p", "tbl"):
-            yield child
-        elif name in _CONTAINERS:
-            stack.append(iter(child))
+    """Paragraphs and tables in document order, looking through content controls and revisions."""
+    for el in _walk(container, lambda n: n in _CONTAINERS):
+        if local(el.tag) in ("p", "tbl"):
+            yield el
 
 
 def table_lines(tbl: ET.Element) -> list[str]:
