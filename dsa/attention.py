@@ -180,8 +180,8 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
         if done == Lq:
             continue
         recording = rec is not None and rec.wants(Lk - 1)
-        if Lq == 1 and not reference and not recording and not use_dense:
-            if _decode_one(state, layer, b, query, qi, wi, keys, means, cache, key, value, out, scaling):
+        if Lq == 1 and not reference and not use_dense and (not recording or rec.weighting == "picks"):
+            if _decode_one(state, layer, b, query, qi, wi, keys, means, cache, key, value, out, scaling, recording):
                 _count_path(state, "torch", 1)
                 continue
         for c0 in range(done, Lq, C):
@@ -259,12 +259,16 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: floa
 
 
 def _decode_one(state: DSAState, layer: int, b: int, query, qi, wi, keys, means, cache, key, value, out,
-                scaling: float) -> bool:
-    """Decode fast path for batch row b (`select_last`); False when it does not apply (short context)."""
+                scaling: float, record: bool) -> bool:
+    """Decode fast path for batch row b (`select_last`), recording the top-k picks when asked; False when it
+    does not apply (short context)."""
     with _phase(state, "selection"):
-        sel = select_last(qi[b, 0], wi[b, 0], keys[b], means[b], state.config)
+        sel = select_last(qi[b, 0], wi[b, 0], keys[b], means[b], state.config, record)
     if sel is None:
         return False
+    if record:
+        qpos = torch.tensor([keys.shape[1] - 1], device=keys.device)
+        state.recorder.add(layer, b, qpos, sel.picks, sel.pick_scores, sel.blocks)
     with _phase(state, "attention"):
         kg, vg = _gather(cache, layer, b, sel.tokens, key, value)
         out[b, 0] = _attend_one(query[b, :, 0], kg, vg, scaling)

@@ -107,10 +107,13 @@ class LastSelection:
     """Decode's selection for the one query at the last position (see `select_last`)."""
 
     tokens: torch.Tensor  # [T] long, ascending: every key the query attends (sink, top-k picks, local window)
+    picks: torch.Tensor | None = None  # [1, K] the top-k picks alone, ascending (record only; as sel_idx)
+    pick_scores: torch.Tensor | None = None  # [1, K] their indexer scores (as sel_score)
+    blocks: torch.Tensor | None = None  # [1, n_blocks] excerpts kept by stage 1 (-1 = none)
 
 
 def select_last(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor,
-                cfg: DSAConfig) -> LastSelection | None:
+                cfg: DSAConfig, record: bool = False) -> LastSelection | None:
     """Decode's fast path: the same keys `select_chunk` picks for one query at position L-1, in about a third of
     the tensor ops (per-op overhead, not arithmetic, is what a decode step costs on a CPU). For the last
     position the forced blocks are two contiguous runs (sink blocks [0, ns), local blocks [fl, nb)), so stage 1
@@ -144,13 +147,20 @@ def select_last(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mean
                     keys[fl * bs : local_lo]])  # [M, d]
     tscore = wf @ F.relu(qf @ kc.float().T)  # [M]
     kt = min(cfg.top_k, cand.shape[0])
-    tidx = _tiebreak(tscore[None], cand).topk(kt, dim=-1, sorted=False)[1][0]  # [kt]
+    tscore = _tiebreak(tscore[None], cand)[0]
+    tidx = tscore.topk(kt, sorted=False)[1]  # [kt]
     chosen_m = torch.zeros_like(cand, dtype=torch.bool)
     chosen_m[tidx] = True
     chosen = cand[chosen_m]  # ascending
     sink = torch.arange(min(cfg.sink_tokens, L), device=dev)
     local = torch.arange(local_lo, L, device=dev)
-    return LastSelection(torch.cat([sink, chosen, local]))
+    sel = LastSelection(torch.cat([sink, chosen, local]))
+    if record:  # the "picks" record, as select_chunk's sel_idx / sel_score / blocks
+        sel.picks, sel.pick_scores = chosen[None], tscore[chosen_m][None]
+        blocks = torch.full((min(cfg.n_blocks, block_means.shape[0]),), -1, dtype=torch.long, device=dev)
+        blocks[: picks.shape[0]] = picks
+        sel.blocks = blocks[None]
+    return sel
 
 
 def chosen_record(sel: ChunkSelection, qpos: torch.Tensor, cfg: DSAConfig

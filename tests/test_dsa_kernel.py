@@ -113,15 +113,20 @@ def test_kernel_attention_matches_sdpa(DI, D, threads, tiles):
 
 @pytest.mark.parametrize("L", [300, 1000, 1537])
 def test_select_last_equals_select_chunk(L):
-    """The PyTorch decode fast path picks the same keys as the chunk path."""
+    """The PyTorch decode fast path picks the same keys as the chunk path, and records the same picks."""
     torch.manual_seed(L)
     cfg = small()
     keys = F.layer_norm(torch.randn(L, cfg.index_dim), (cfg.index_dim,))
     means = _block_means(keys, cfg.block_size)
     q, w = torch.randn(cfg.index_heads, cfg.index_dim), torch.randn(cfg.index_heads)
     ref = select_chunk(q[None], w[None], keys, means, torch.tensor([L - 1]), cfg)
-    got = select_last(q, w, keys, means, cfg)
+    got = select_last(q, w, keys, means, cfg, record=True)
     assert got.tokens.tolist() == ref.tokens[ref.mask[0]].tolist()
+    n = int((ref.sel_idx[0] >= 0).sum())
+    order = ref.sel_idx[0, :n].argsort()
+    assert got.picks[0].tolist() == ref.sel_idx[0, :n][order].tolist()
+    assert torch.equal(got.pick_scores[0], ref.sel_score[0, :n][order])
+    assert set(got.blocks[0].tolist()) == set(ref.blocks[0].tolist())
 
 
 def test_select_last_defers_when_sink_and_window_overlap():
