@@ -133,7 +133,9 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
         key_ = (Lk - Lq, Lk, query.device, torch.is_inference_mode_enabled())  # same for every layer of a forward
         if state.rope is None or state.rope[0] != key_:
             state.rope = (key_, rope_cos_sin(qpos, cfg.rope_dim, cfg.rope_theta))
-        qi, wi, ki = module.indexer(x, qpos, state.rope[1])  # [B, Lq, H_I, d_I], [B, Lq, H_I], [B, Lq, d_I]
+        with torch.no_grad():  # selection only needs values: the indexer learns from its own loss (dsa.train,
+            qi, wi, ki = module.indexer(x, qpos, state.rope[1])  # dsa.longtrain), never through attention
+        # qi [B, Lq, H_I, d_I], wi [B, Lq, H_I], ki [B, Lq, d_I]
         if isinstance(cache, DSACache):
             store = cache.index_keys[layer]
             keys = store.append(ki)
@@ -164,7 +166,7 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
         # CPU kernel or GPU prefill: every query before the first recorded one, in one call (recorded ones take
         # the reference path below, which also computes what they record)
         done = 0 if use_dense or reference else Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
-        if done and kernels.usable(query, keys):
+        if done and not query.requires_grad and kernels.usable(query, keys):  # the kernel has no backward
             _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
             _count_path(state, "kernel", done)
         elif done and flex.usable(query, cfg):
@@ -174,7 +176,7 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
                 _count_keys(state, n, name)
             _count_path(state, "flex", done)
         else:
-            if done and query.device.type == "cpu":
+            if done and query.device.type == "cpu" and not query.requires_grad:
                 _warn_slow_path(kernels.build_error() or "DSA_KERNELS=0")
             done = 0
         if done == Lq:

@@ -154,13 +154,17 @@ def selectable(c0: int, c1: int, cfg: DSAConfig, device) -> torch.Tensor:
     return (s <= t) & (s >= cfg.sink_tokens) & (t - s >= cfg.local_window)
 
 
-def selectable_kl_chunk(p: torch.Tensor, qi, wi, ki, c0: int, c1: int, cfg: DSAConfig):
+def selectable_kl_chunk(p: torch.Tensor, qi, wi, ki, c0: int, c1: int, cfg: DSAConfig,
+                        cand: torch.Tensor | None = None):
     """KL between the attention and the indexer restricted to selectable keys, each renormalised there,
     weighted per query by the attention mass m(t) on those keys: sum_t m(t) KL_t, and sum_t m(t).
 
     The sink and local window are always kept, so their scores never matter; this spends the indexer on
-    the ranking that decides recall (missing mass = m(t) * mass the selection misses among candidates)."""
-    cand = selectable(c0, c1, cfg, p.device)  # [C, c1]
+    the ranking that decides recall (missing mass = m(t) * mass the selection misses among candidates).
+    `cand` [C, c1] narrows the keys further (dsa.longtrain: the set the selection picked, as DeepSeek's
+    sparse stage does)."""
+    if cand is None:
+        cand = selectable(c0, c1, cfg, p.device)  # [C, c1]
     has = cand.any(-1)  # [C]
     pc = p * cand
     m = pc.sum(-1)  # [B, C]

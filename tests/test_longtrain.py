@@ -1,0 +1,132 @@
+"""dsa.longtrain on a tiny random Llama (CPU, seconds): the LM loss reaches LoRA through the sparse attention
+and never the indexer; the indexer's KL reaches only the indexer; a saved delta reloads into a fresh model."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import dsa
+from dsa import longtrain as LT
+from dsa.lora import LoraConfig, LoraLinear, load_adapter, merge, save_adapter
+from dsa.patch import decoder_layers
+from tests.test_train import small_cfg, tiny_model
+
+L = 160  # > the budget (4 sink + 8 local + 32 picks): the sparse path really drops keys
+
+
+def prepared(rank: int = 4):
+    model = tiny_model()
+    lora_cfg = LoraConfig(rank=rank, alpha=8.0)
+    lora, idx = LT.prepare(model, small_cfg(), lora_cfg, None, seed=0)
+    return model, lora_cfg, lora, idx
+
+
+def _grads(params) -> float:
+    return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+
+
+def test_lm_loss_flows_into_lora_not_indexer():
+    model, _, lora, idx = prepared()
+    with torch.no_grad():  # B starts at zero: give it values so A's gradient is non-zero too
+        for p in lora:
+            if p.dim() == 2:
+                p.normal_(0, 0.02)
+    ids = torch.randint(0, 97, (1, L), generator=torch.Generator().manual_seed(0))
+    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+    loss, parts = LT.lm_loss(model, hidden, ids, torch.zeros_like(ids, dtype=torch.bool), chunk=50)
+    loss.backward()
+    assert _grads(lora) > 0
+    assert _grads(idx) == 0  # the indexer never learns through attention
+    # the chunked, checkpointed loss is plain mean cross-entropy
+    ref = F.cross_entropy(model.lm_head(hidden[0, :-1]).float(), ids[0, 1:])
+    assert torch.allclose(loss, ref, atol=1e-5) and float(parts[1]) == 0.0
+
+
+def test_training_forward_is_sparse():
+    """The LM loss depends on what the selection drops: sparse and dense forwards differ."""
+    model, *_ = prepared()
+    ids = torch.randint(0, 97, (1, L), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sparse = model.model(input_ids=ids, use_cache=False).last_hidden_state
+        dsa.set_mode(model, "dense")
+        dense = model.model(input_ids=ids, use_cache=False).last_hidden_state
+        dsa.set_mode(model, "sparse")
+    assert torch.allclose(sparse[0, :40], dense[0, :40], atol=1e-5)  # all keys fit the budget there
+    assert not torch.allclose(sparse[0, -20:], dense[0, -20:], atol=1e-3)
+
+
+def test_answer_tokens_get_their_own_term():
+    model, *_ = prepared()
+    ids = torch.randint(0, 97, (1, L), generator=torch.Generator().manual_seed(2))
+    ans = torch.zeros_like(ids, dtype=torch.bool)
+    ans[0, -5:] = True
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+        loss, parts = LT.lm_loss(model, hidden, ids, ans)
+        ce = F.cross_entropy(model.lm_head(hidden[0, :-1]).float(), ids[0, 1:], reduction="none")
+    assert torch.allclose(parts, torch.stack([ce.mean(), ce[-5:].mean()]), atol=1e-5)
+    assert torch.allclose(loss, parts.sum())
+
+
+def test_indexer_loss_reaches_only_the_indexer():
+    model, _, lora, idx = prepared()
+    tap = LT.Tap(model.dsa_state.config)
+    model.dsa_state.capture = tap
+    ids = torch.randint(0, 97, (1, L), generator=torch.Generator().manual_seed(3))
+    tap.on = True
+    model.model(input_ids=ids, use_cache=False)
+    tap.on = False
+    assert sorted(tap.store) == [1, 2]  # the sparse layers (layer 0 stays dense)
+    loss, avg = LT.indexer_loss(model, tap.store, queries=16, rng=random.Random(0))
+    loss.backward()
+    assert avg > 0 and _grads(idx) > 0 and _grads(lora) == 0
+
+
+def test_train_steps_and_delta_reloads(tmp_path):
+    model, lora_cfg, lora, idx = prepared()
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 97, (6, L), generator=g)
+    answer = torch.zeros_like(tokens, dtype=torch.bool)
+    answer[:, -3:] = True
+    np.savez_compressed(tmp_path / f"windows_{L}.npz", tokens=tokens.numpy().astype(np.uint16),
+                        answer=answer.numpy().astype(np.uint8))
+    phases = LT.parse_phases(f"{L}:1", tmp_path)
+    before = [p.detach().clone() for p in idx]
+    rows = []
+    out = LT.train(model, phases, lora_params=lora, idx_params=idx, lr=1e-2, idx_lr=1e-2, time_budget=1e9,
+                   tokens_per_step=2 * L, queries=16, seed=0, max_steps=3, log=lambda r, **k: rows.append(r))
+    assert out["steps"] == 3 and out["tokens"] == 6 * L and len(rows) == 3
+    assert any(not torch.equal(a, b) for a, b in zip(before, idx))  # the indexer moved
+    save_adapter(model, tmp_path / "delta", lora_cfg)
+    model.dsa_state.capture = None
+    merge(model)
+    assert not any(isinstance(m, LoraLinear) for m in model.modules())
+    model.eval()
+    ids = tokens[:1]
+    dsa.set_mode(model, "dense")
+    with torch.no_grad():
+        want = model(ids).logits
+    fresh = tiny_model()
+    load_adapter(fresh, tmp_path / "delta")
+    dsa.attach(fresh, small_cfg())
+    dsa.set_mode(fresh, "dense")
+    with torch.no_grad():
+        got = fresh(ids).logits
+    # bf16 storage of the delta: close, not equal
+    assert torch.allclose(got, want, atol=2e-2), float((got - want).abs().max())
+    assert float((got - tiny_model()(ids).logits).abs().max()) > 1e-3  # and it is not the base model
+
+
+def test_adapter_for_another_shape_fails(tmp_path):
+    model, lora_cfg, *_ = prepared()
+    save_adapter(model, tmp_path / "delta", lora_cfg)
+    from transformers import LlamaConfig, LlamaForCausalLM
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    import pytest
+    with pytest.raises(ValueError, match="fit no module|no LoRA weights"):
+        load_adapter(other, tmp_path / "delta")
