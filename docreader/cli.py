@@ -285,7 +285,13 @@ def models_list(json_out: bool = typer.Option(False, "--json")):
         return
     for r in rows:
         mark = "*" if r["default"] else " "
-        say(f"{mark} {r['name']:<24} {'installed' if r['installed'] else 'not installed':<14} {r['source']}")
+        say(f"{mark} {r['name']:<28} {'installed' if r['installed'] else 'not installed':<14} {r['source']}")
+        for part in r.get("parts", [])[1:]:
+            t = part["training"]
+            loss = t.get("lm_loss_last", t.get("final_loss"))
+            gpu = f"{t['gpu_seconds']:.0f} s on {t.get('gpu', 'GPU')}" if t.get("gpu_seconds") else "CPU"
+            say(f"    {part['kind']:<8} {part['bytes'] / 1e6:5.1f} MB  {t.get('steps', '?')} steps, "
+                f"{t.get('tokens', 0) / 1e6:.1f}M tokens, loss {loss}, {gpu}  record: {part['record']}")
 
 
 @models_app.command("install")

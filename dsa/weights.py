@@ -57,10 +57,21 @@ def load_indexer(model: nn.Module, weights_dir: str | Path) -> None:
         idx.load_state_dict({k: v.to(device=p.device, dtype=p.dtype) for k, v in sd.items()})
 
 
-def find_shipped(model_config) -> Path | None:
-    """The shipped weights directory whose fingerprint matches this model, if any."""
+def _shipped(model_config, delta: bool) -> list[Path]:
     fp = fingerprint(model_config)
-    for meta in sorted(SHIPPED.glob("*/training.json")):
-        if json.loads(meta.read_text()).get("fingerprint") == fp:
-            return meta.parent
-    return None
+    return [meta.parent for meta in sorted(SHIPPED.glob("*/training.json"))
+            if json.loads(meta.read_text()).get("fingerprint") == fp
+            and (meta.parent / "adapter.safetensors").exists() == delta]
+
+
+def find_shipped(model_config) -> Path | None:
+    """The shipped indexer directory for the base model of this shape, if any (no delta beside it)."""
+    found = _shipped(model_config, delta=False)
+    return found[0] if found else None
+
+
+def find_delta(model_config) -> Path | None:
+    """The shipped delta for this shape: a directory with a LoRA adapter (dsa.lora) and the indexer re-trained
+    on the adapted model, both with their training record."""
+    found = _shipped(model_config, delta=True)
+    return found[0] if found else None
