@@ -171,7 +171,8 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
             _count_path(state, "kernel", done)
         elif done and flex.usable(query, cfg):
             counts = flex.prefill(query[b, :, :done], key[b], value[b], qi[b, :done], wi[b, :done], keys[b], means[b],
-                                  qpos[:done], cfg, scaling, out[b, :done], phase=lambda p: _phase(state, p))
+                                  qpos[:done], cfg, scaling, out[b, :done], phase=lambda p: _phase(state, p),
+                                  tile=flex.TRAIN_TILE if query.requires_grad else flex.TILE)
             for name, n in counts.items():
                 _count_keys(state, n, name)
             _count_path(state, "flex", done)

@@ -27,6 +27,9 @@ from .config import DSAConfig
 from .select import NEG, _tiebreak, stage1
 
 TILE = 64  # queries per FlexAttention tile and keys per KV tile (= the excerpt block size it supports)
+# Training tiles: FlexAttention's backward on Hopper (head dim 64) tiles by 64 x 128, so its block mask
+# needs 128 x 128 blocks; the per-query mask keeps the selection exact, only fewer empty tiles are skipped
+TRAIN_TILE = 128
 CHUNK = 8192  # queries selected at once: stage 2 holds [CHUNK, slots * 64, d] gathered keys
 _compiled = None
 
@@ -104,26 +107,30 @@ def _stage2_torch(qf: torch.Tensor, wf: torch.Tensor, keys: torch.Tensor, slots:
     return _tiebreak(tscore, tok).masked_fill(~valid | forced, NEG)
 
 
-def picked_mask(picks: torch.Tensor, Lk: int, rows: int) -> torch.Tensor:
-    """picks [C, K] (-1 = none) -> bool [rows >= C, Lk + TILE]: True where query c picked key t. Dense per
+def picked_mask(picks: torch.Tensor, Lk: int, rows: int, tile: int = TILE) -> torch.Tensor:
+    """picks [C, K] (-1 = none) -> bool [rows >= C, Lk + tile]: True where query c picked key t. Dense per
     chunk (1 GB for 8,192 queries at 128k keys) so that `mask_mod` reads it coalesced along the keys: a
     bitset read per element cost 7x the attention itself (measured on an H200). Padded so FlexAttention's
-    padded tiles never index past it; column Lk + TILE - 1 absorbs the -1s (never causal)."""
+    padded tiles never index past it; column Lk + tile - 1 absorbs the -1s (never causal)."""
     C = picks.shape[0]
-    sel = torch.zeros(rows, Lk + TILE, dtype=torch.bool, device=picks.device)
-    sel[:C].scatter_(1, torch.where(picks >= 0, picks, Lk + TILE - 1), True)
+    sel = torch.zeros(rows, Lk + tile, dtype=torch.bool, device=picks.device)
+    sel[:C].scatter_(1, torch.where(picks >= 0, picks, Lk + tile - 1), True)
     return sel
 
 
-def tile_blocks(picks: torch.Tensor, qpos: torch.Tensor, Lk: int, cfg: DSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per tile of TILE queries, the KV blocks any of its queries reads: its picks' blocks, the sink blocks, the
-    local-window blocks. -> kv_num_blocks [1, 1, nt] int32, kv_indices [1, 1, nt, nkv] int32 (listed first)."""
+def tile_blocks(picks: torch.Tensor, qpos: torch.Tensor, Lk: int, cfg: DSAConfig,
+                tile: int = TILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tile of `tile` queries, the `tile`-key blocks any of its queries reads: its picks' blocks, the sink
+    blocks, the local-window blocks. -> kv_num_blocks [1, 1, nt] int32, kv_indices [1, 1, nt, nkv] int32
+    (listed first). `tile` is a multiple of the excerpt block size."""
     C = picks.shape[0]
-    nt, nkv = -(-C // TILE), -(-Lk // TILE)
-    diag = (qpos // TILE)[:, None]  # the query's own block (the query attends itself even with no local window)
-    read = torch.cat([torch.where(picks >= 0, picks // TILE, -1), forced_slots(qpos, cfg), diag], 1)  # [C, R]
-    pad = nt * TILE - C
-    read = F.pad(read, (0, 0, 0, pad), value=-1).view(nt, -1)  # [nt, TILE * R]
+    nt, nkv = -(-C // tile), -(-Lk // tile)
+    diag = (qpos // tile)[:, None]  # the query's own block (the query attends itself even with no local window)
+    forced = forced_slots(qpos, cfg)  # excerpt blocks -> tile blocks
+    forced = torch.where(forced >= 0, forced * cfg.block_size // tile, -1)
+    read = torch.cat([torch.where(picks >= 0, picks // tile, -1), forced, diag], 1)  # [C, R]
+    pad = nt * tile - C
+    read = F.pad(read, (0, 0, 0, pad), value=-1).view(nt, -1)  # [nt, tile * R]
     used = torch.zeros(nt, nkv + 1, dtype=torch.bool, device=picks.device)
     used.scatter_(1, torch.where(read >= 0, read, nkv), True)  # column nkv collects the -1s
     used = used[:, :nkv]
@@ -134,7 +141,7 @@ def tile_blocks(picks: torch.Tensor, qpos: torch.Tensor, Lk: int, cfg: DSAConfig
 
 def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: torch.Tensor, wi: torch.Tensor,
             keys: torch.Tensor, means: torch.Tensor, qpos: torch.Tensor, cfg: DSAConfig, scaling: float,
-            out: torch.Tensor, phase=None, chunk: int = CHUNK) -> dict[str, int]:
+            out: torch.Tensor, phase=None, chunk: int = CHUNK, tile: int = TILE) -> dict[str, int]:
     """DSA for the queries of one batch row: query [H, Lq, D], key/value [Hkv, Lk, D], qi [Lq, H_I, d_I],
     wi [Lq, H_I], keys [Lk, d_I], means [nb, d_I], qpos [Lq]; writes out [Lq, H, D]. phase(name) is an optional
     context manager timing "selection" and "attention". -> counts: "keys_read" (tokens the queries attend),
@@ -151,8 +158,8 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
         q0t = qpos[c0]  # a tensor, not an int: a captured int would recompile the kernel per chunk
         with phase("selection"):
             _, picks = select_picks(qi[c0:c1], wi[c0:c1], keys, means, qpos[c0:c1], cfg)
-            sel = picked_mask(picks, Lk, -(-C // 128) * 128)
-            num, idx = tile_blocks(picks, qpos[c0:c1], Lk, cfg)
+            sel = picked_mask(picks, Lk, -(-C // 128) * 128, tile)
+            num, idx = tile_blocks(picks, qpos[c0:c1], Lk, cfg, tile)
 
         def mask_mod(b, h, q_idx, kv_idx):
             qp = q_idx + q0t
@@ -161,13 +168,13 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
             return (kv_idx <= qp) & (picked | forced)
 
         with phase("attention"):
-            bm = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=(TILE, TILE), mask_mod=mask_mod, seq_lengths=(C, Lk))
+            bm = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=(tile, tile), mask_mod=mask_mod, seq_lengths=(C, Lk))
             o = _flex()(query[None, :, c0:c1], key[None], value[None], block_mask=bm, scale=scaling, enable_gqa=True,
                         kernel_options={"BLOCK_M": TILE, "BLOCK_N": TILE} if query.is_cuda else None)
             out[c0:c1] = o[0].transpose(0, 1)
         n_forced = torch.clamp(qpos[c0:c1] + 1, max=sink + max(local, 1))  # sink, local window, itself
         counts["keys_read"] += int(n_forced.sum()) + int((picks >= 0).sum())
         counts["tiles"] += int(num.sum())
-        last = qpos[c0:c1][torch.clamp(torch.arange(TILE - 1, C + TILE - 1, TILE, device=qpos.device), max=C - 1)]
-        counts["tiles_causal"] += int((torch.div(last, TILE, rounding_mode="floor") + 1).sum())  # per query tile
+        last = qpos[c0:c1][torch.clamp(torch.arange(tile - 1, C + tile - 1, tile, device=qpos.device), max=C - 1)]
+        counts["tiles_causal"] += int((torch.div(last, tile, rounding_mode="floor") + 1).sum())  # per query tile
     return counts

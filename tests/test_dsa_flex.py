@@ -56,8 +56,9 @@ def test_flex_selects_what_select_chunk_selects(L, local, sink):
         assert want.sum(1).max() < L // 4
 
 
-@pytest.mark.parametrize("Lq,chunk", [(1537, 8192), (1537, 256), (300, 128)])
-def test_flex_prefill_equals_masked_sdpa(Lq, chunk):
+@pytest.mark.parametrize("Lq,chunk,tile", [(1537, 8192, 64), (1537, 256, 64), (300, 128, 64), (1537, 8192, 128),
+                                           (300, 128, 128)])
+def test_flex_prefill_equals_masked_sdpa(Lq, chunk, tile):
     """The attention output equals SDPA under select_chunk's mask, for a whole prefill and for a continuation
     (the last Lq of 1,537 positions), in one chunk of queries or several."""
     L, H, HKV, D = 1537, 4, 2, 16
@@ -69,7 +70,7 @@ def test_flex_prefill_equals_masked_sdpa(Lq, chunk):
     ref = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask[None, None], scale=0.3,
                                          enable_gqa=True)[0].transpose(0, 1)
     out = torch.empty(Lq, H, D)
-    counts = flex.prefill(q, k, v, qi[-Lq:], wi[-Lq:], keys, means, qpos, cfg, 0.3, out, chunk=chunk)
+    counts = flex.prefill(q, k, v, qi[-Lq:], wi[-Lq:], keys, means, qpos, cfg, 0.3, out, chunk=chunk, tile=tile)
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
     assert counts["keys_read"] == int(mask.sum())
     assert counts["tiles"] <= counts["tiles_causal"]
