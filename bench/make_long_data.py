@@ -97,9 +97,10 @@ def end_of_turn(tok) -> int:
 
 
 def gather(rows: list[dict], text_of: Callable[[dict], str], rng: random.Random, min_chars: int,
-           random_start: bool) -> tuple[str, list[dict]]:
+           random_start: bool = False, cut: bool = True) -> tuple[str, list[dict]]:
     """Random documents joined by blank lines until min_chars; with random_start the first begins at a
-    random line of it. Returns the text and the rows in it."""
+    random line of it. With cut the last one ends at the first line end past min_chars, so that a long book
+    is not tokenised whole for a few pages. Returns the text and the rows in it."""
     parts: list[str] = []
     picked: list[dict] = []
     size = 0
@@ -109,6 +110,8 @@ def gather(rows: list[dict], text_of: Callable[[dict], str], rng: random.Random,
         if random_start and not parts:
             nl = text.find("\n", rng.randrange(len(text)))
             text = text[nl + 1:] if nl >= 0 else text
+        end = text.find("\n", min_chars - size) if cut else -1
+        text = text[:end].rstrip() if end > 0 else text
         parts.append(text)
         picked.append(row)
         size += len(text) + 2
@@ -126,7 +129,7 @@ def book_text(row: dict) -> str:
 def book_window(c: Corpus, rend: Renderer, L: int, rng: random.Random) -> tuple[list[int], list[str]]:
     """Kind 0: book_windows' random span, over one book or several joined (it wants 7 characters a token)."""
     while True:
-        text, picked = gather(c.rows["books"], book_text, rng, 7 * L, random_start=False)
+        text, picked = gather(c.rows["books"], book_text, rng, 7 * L, cut=False)
         win = book_windows([{"text": text}], rend, L, 1, rng)
         if win:
             return win[0], names_of(picked)
@@ -136,12 +139,12 @@ def prompt_window(c: Corpus, rend: Renderer, L: int, rng: random.Random) -> tupl
     """Kind 1: contracts or meetings (by their share of characters) as one document in the app prompt."""
     kind = rng.choices(["contracts", "meetings"], weights=[c.chars["contracts"], c.chars["meetings"]])[0]
     rows = c.rows[kind]
-    text, picked = gather(rows, lambda r: doc_text(kind, r), rng, int(L * BOOK_CHARS_PER_TOKEN), random_start=False)
+    text, picked = gather(rows, lambda r: doc_text(kind, r), rng, int(L * BOOK_CHARS_PER_TOKEN))
     pre, post = rend.around(Path(picked[0]["name"]).name, rng.choice(doc_questions(kind, picked[0])))
     room = L - len(pre) - len(post)
     body = rend.ids(text)
     while len(body) < room:  # rare: more documents, tokenised on their own after a blank line
-        more, extra = gather(rows, lambda r: doc_text(kind, r), rng, (room - len(body)) * 6, random_start=False)
+        more, extra = gather(rows, lambda r: doc_text(kind, r), rng, (room - len(body)) * 6)
         body += rend.ids("\n\n" + more)
         picked += extra
     return pre + body[:room] + post, names_of(picked)
@@ -158,7 +161,7 @@ def synthetic_window(c: Corpus, rend: Renderer, L: int, rng: random.Random, eot:
     size = L - len(pre) - len(post) - len(answer) - sum(map(len, needles))
     pieces = rend.tok(T.sentences(text), add_special_tokens=False)["input_ids"]
     while sum(map(len, pieces)) < size:  # rare: more books after a blank line
-        more, extra = gather(c.rows["books"], book_text, rng, L, random_start=False)
+        more, extra = gather(c.rows["books"], book_text, rng, L)
         pieces += rend.tok(T.sentences("\n\n" + more), add_special_tokens=False)["input_ids"]
         picked += extra
     body, starts, _ = T.hide(pieces, needles, task.depths, size)
