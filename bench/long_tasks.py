@@ -207,10 +207,12 @@ def document_order(depths: list[float]) -> list[int]:
     return sorted(range(len(depths)), key=lambda i: (depths[i], i))
 
 
-# A sentence ends at . ! ? (optionally a closing quote or bracket) followed by whitespace. Cutting there is
-# also a pre-token boundary of byte-level BPE, so tokenising the pieces one by one gives exactly the ids of
-# the whole text; a needle " Sentence." put between two pieces is tokenised as the app would tokenise it.
-SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)|(?<=[.!?][\"'\u201d\u2019)\]])(?=\s)")
+# A sentence ends at . ! ? (optionally a closing quote or bracket) followed by whitespace, not after a title
+# such as "Mr.". Cutting there is also a pre-token boundary of byte-level BPE, so tokenising the pieces one
+# by one gives exactly the ids of the whole text; a needle " Sentence." put between two pieces is tokenised
+# as the app would tokenise it.
+SENTENCE_END = re.compile(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)"
+                          r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))(?=\s)")
 
 
 def sentences(text: str) -> list[str]:

@@ -168,7 +168,8 @@ def test_deterministic_for_a_seed(data, built, tmp_path):
 
 def test_hidden_needles_tokenise_like_the_whole_document(tok):
     """Pieces cut at sentence ends and needles tokenised alone give the ids of the joined text."""
-    text = "Call me Ishmael. Some years ago\u2014never mind how long.\n\n\"Precisely,\" he said!  It was 1851? Yes."
+    text = "Call me Mr. Ishmael. Some years ago\u2014never mind how long.\n\n\"Precisely,\" he said!  It was 1851? Yes."
+    assert T.sentences(text)[:2] == ["Call me Mr. Ishmael.", " Some years ago\u2014never mind how long."]
     pieces = tok(T.sentences(text), add_special_tokens=False)["input_ids"]
     needles = [" Note: 4821 is the password of the quiet harbor.", " The KT-5081 code."]
     nid = tok(needles, add_special_tokens=False)["input_ids"]
