@@ -497,6 +497,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--books", nargs="+", default=[str(DEFAULT_BOOKS)],
                     help="books .jsonl[.xz] files or directories ({name, text}); held-out ones only are used")
     ap.add_argument("--extract-books", metavar="OUT", help="write the held-out books of --books to OUT and exit")
+    ap.add_argument("--max-books", type=int, default=None, help="only the first N held-out books (sha1 order)")
     ap.add_argument("--parts", default="needle,recall,ppl")
     ap.add_argument("--lengths", default="16384,32768,65536,131072,262144", help="needle lengths (prompt tokens)")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
@@ -531,7 +532,7 @@ def ints(s: str) -> list[int]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.extract_books:
-        books = held_out_books(args.books)
+        books = held_out_books(args.books)[: args.max_books]
         log(f"{len(books)} held-out books -> {write_books(books, args.extract_books)}")
         return 0
     t_start = time.perf_counter()
@@ -547,7 +548,7 @@ def main(argv=None) -> int:
     lengths, depths = ints(args.lengths), [float(x) for x in args.depths.split(",")]
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if dev.type == "cuda" else "fp32")]
 
-    corpus = Corpus(held_out_books(args.books))
+    corpus = Corpus(held_out_books(args.books)[: args.max_books])
     log(f"{len(corpus.books)} held-out books ({sum(len(b['text']) for b in corpus.books) / 1e6:.1f} M chars)")
     tokenizer = load_tokenizer(args)
     model = load_model(args.model, args.gguf_dir, args.gguf_file, args.device, dtype)

@@ -170,6 +170,8 @@ def test_extract_books_writes_held_out_only(books_file, tmp_path):
     assert E.main(["--books", str(books_file[0]), "--extract-books", str(out)]) == 0
     rows = [json.loads(line) for line in lzma.open(out, "rt")]
     assert len(rows) == 3 and all(held_out(r["name"]) for r in rows)
+    assert E.main(["--books", str(books_file[0]), "--extract-books", str(out), "--max-books", "2"]) == 0
+    assert [json.loads(line)["name"] for line in lzma.open(out, "rt")] == [r["name"] for r in rows[:2]]
 
 
 # -- prompts -------------------------------------------------------------------------------------------
