@@ -288,7 +288,7 @@ def models_list(json_out: bool = typer.Option(False, "--json")):
         say(f"{mark} {r['name']:<28} {'installed' if r['installed'] else 'not installed':<14} {r['source']}")
         for part in r.get("parts", [])[1:]:
             t = part["training"]
-            loss = t.get("lm_loss_last", t.get("final_loss"))
+            loss = t.get("indexer_kl_last" if part["kind"] == "indexer" else "lm_loss_last", t.get("final_loss"))
             gpu = f"{t['gpu_seconds']:.0f} s on {t.get('gpu', 'GPU')}" if t.get("gpu_seconds") else "CPU"
             say(f"    {part['kind']:<8} {part['bytes'] / 1e6:5.1f} MB  {t.get('steps', '?')} steps, "
                 f"{t.get('tokens', 0) / 1e6:.1f}M tokens, loss {loss}, {gpu}  record: {part['record']}")

@@ -344,9 +344,9 @@ RECORD_KEYS = ("stage", "data", "steps", "tokens", "lr", "indexer_lr", "seed", "
 
 
 def _part(kind: str, directory: Path) -> dict:
-    """One trained part shipped with the package: its files and its training record (training.json)."""
+    """One trained part shipped with the package: its weights file and its training record (training.json)."""
     record = json.loads((directory / "training.json").read_text())
-    files = sorted(f.name for f in directory.iterdir() if f.suffix == ".safetensors")
+    files = [f"{kind}.safetensors"]
     size = sum((directory / f).stat().st_size for f in files)
     return {"kind": kind, "path": str(directory), "files": files, "bytes": size,
             "training": {k: record[k] for k in RECORD_KEYS if k in record}, "record": str(directory / "training.json")}

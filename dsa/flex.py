@@ -152,6 +152,9 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
     sink, local = cfg.sink_tokens, cfg.local_window
     phase = phase or (lambda name: contextlib.nullcontext())
     counts = {"keys_read": 0, "tiles": 0, "tiles_causal": 0}
+    # FlexAttention indexes the [chunk, Lk + tile] pick mask with 32-bit offsets: past 2^31 elements they wrap
+    # (silently wrong masks at ~262k keys with 8,192-query chunks), so long contexts take smaller chunks
+    chunk = max(128, min(chunk, (2**31 - 1) // (Lk + tile) // 128 * 128))
     for c0 in range(0, Lq, chunk):
         c1 = min(c0 + chunk, Lq)
         C = c1 - c0
