@@ -90,9 +90,9 @@ class GrowLayer(DynamicLayer):
         super().__init__()
         self._k, self._v = GrowBuffer(capacity, dtype), GrowBuffer(capacity, dtype)
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._k = GrowBuffer(self._k.capacity, self._k.dtype)  # after `reset`, start empty again
+    def reset(self) -> None:
+        super().reset()
+        self._k = GrowBuffer(self._k.capacity, self._k.dtype)
         self._v = GrowBuffer(self._v.capacity, self._v.dtype)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
