@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 
 import dsa
-from dsa.longctx import native_window
 
 from .errors import DocreaderError
 from .loaders.limits import env_count
@@ -23,6 +22,7 @@ from .loaders.limits import env_count
 PREFILL_CHUNK_ENV = "DOCREADER_PREFILL_CHUNK"
 DEFAULT_PREFILL_CHUNK = 8192
 KV_DTYPE_ENV = "DOCREADER_KV_DTYPE"  # auto (default) | float32 | bfloat16
+KV_FP32_MAX_BYTES = 4 << 30  # fp32 K/V up to 4 GiB (~93k tokens of the default model), bf16 past it
 Progress = Callable[[int, int], None]  # (prompt tokens prefilled so far, prompt tokens to prefill)
 
 
@@ -109,17 +109,25 @@ def prefill_chunk() -> int:
     return env_count(PREFILL_CHUNK_ENV, DEFAULT_PREFILL_CHUNK, "tokens")
 
 
+def kv_bytes(model, tokens: int, itemsize: int = 4) -> int:
+    """Bytes of K and V for `tokens` tokens over every layer, at `itemsize` bytes a value."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return tokens * c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * itemsize
+
+
 def kv_dtype(model, tokens: int) -> torch.dtype | None:
-    """How a DSA cache for `tokens` (prompt + new tokens) stores the sparse layers' K/V: bfloat16 past the model's
-    native window (half the memory: ~6 GB instead of 12 at 256k tokens for the default model), the model's own
-    dtype within it, so answers over documents that fit natively stay what they were. $DOCREADER_KV_DTYPE
-    (float32 | bfloat16) forces one."""
+    """How a DSA cache for `tokens` (prompt + new tokens) stores the sparse layers' K/V: the model's own dtype while
+    fp32 K/V stay within KV_FP32_MAX_BYTES, bfloat16 past that (half the memory: ~6 instead of 12 GB at 256k
+    tokens for the default model). Not bf16 always: on a 16k-token prompt bf16 K/V moved the first answer
+    token's logits by 0.47 and changed the greedy answer after 15 tokens, where a different prefill chunk moved
+    them by 1e-4 (bench/RESULTS-speed.md). $DOCREADER_KV_DTYPE (float32 | bfloat16) forces one."""
     raw = os.environ.get(KV_DTYPE_ENV, "auto").strip().lower() or "auto"
     if raw not in ("auto", "float32", "bfloat16"):
         raise DocreaderError(f"{KV_DTYPE_ENV} must be auto, float32 or bfloat16, got {raw!r}")
     if raw != "auto":
         return getattr(torch, raw)
-    return torch.bfloat16 if tokens > native_window(model) else None
+    return torch.bfloat16 if kv_bytes(model, tokens) > KV_FP32_MAX_BYTES else None
 
 
 def prefill(model, ids: torch.Tensor, cache, chunk: int, on_progress: Progress | None = None):

@@ -84,12 +84,16 @@ def test_prefill_chunk_from_env(monkeypatch):
         prefill_chunk()
 
 
-def test_kv_dtype_is_bf16_past_the_native_window(tiny_dsa, monkeypatch):
-    native = tiny_dsa.config.max_position_embeddings
-    assert kv_dtype(tiny_dsa, native) is None  # within the native window: the model's dtype, as before
-    assert kv_dtype(tiny_dsa, native + 1) == torch.bfloat16
+def test_kv_dtype_is_bf16_only_past_the_fp32_budget(tiny_dsa, monkeypatch):
+    per_token = gen_mod.kv_bytes(tiny_dsa, 1)
+    assert per_token == 3 * 2 * 2 * 8 * 4  # layers x K and V x KV heads x head dim x fp32
+    fits = gen_mod.KV_FP32_MAX_BYTES // per_token
+    assert kv_dtype(tiny_dsa, fits) is None  # within the budget: the model's dtype, as before
+    assert kv_dtype(tiny_dsa, fits + 1) == torch.bfloat16
     monkeypatch.setenv(gen_mod.KV_DTYPE_ENV, "float32")
-    assert kv_dtype(tiny_dsa, native + 1) == torch.float32
+    assert kv_dtype(tiny_dsa, fits + 1) == torch.float32
+    monkeypatch.setenv(gen_mod.KV_DTYPE_ENV, "bfloat16")
+    assert kv_dtype(tiny_dsa, 1) == torch.bfloat16
     monkeypatch.setenv(gen_mod.KV_DTYPE_ENV, "fp8")
     with pytest.raises(DocreaderError, match=gen_mod.KV_DTYPE_ENV):
         kv_dtype(tiny_dsa, 1)
