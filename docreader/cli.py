@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from functools import wraps
 from typing import Optional
 
@@ -35,6 +36,41 @@ def say(text: str = "", err: bool = False) -> None:
 def _stream(piece: str) -> None:
     sys.stdout.write(printable(piece))
     sys.stdout.flush()
+
+
+class PrefillBar:
+    """A progress line on a terminal while a long prompt is prefilled (a whole book takes minutes on a laptop
+    CPU). A prefill done in one chunk shows nothing: its only report already says done. The line is erased
+    when the prefill ends, before the answer streams."""
+
+    WIDTH = 30
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if done == 0:  # the prefill starts (the model may have loaded since the bar was made)
+            self.started = time.monotonic()
+            return
+        if done >= total and not self.shown:
+            return
+        self.shown = True
+        fill = self.WIDTH * done // total
+        elapsed = time.monotonic() - self.started
+        left = f", ~{elapsed * (total - done) / done:.0f} s left" if 0 < done < total else ""
+        self.stream.write(f"\rreading {'#' * fill}{'.' * (self.WIDTH - fill)} {done:,}/{total:,} tokens "
+                          f"({elapsed:.0f} s{left})")
+        if done >= total:
+            self.stream.write("\r\x1b[K")  # back to column 0, line cleared
+        self.stream.flush()
+
+
+def prefill_bar(json_out: bool = False, stream=None) -> PrefillBar | None:
+    """The prefill's progress on stderr; None (quiet) in --json mode or when stderr is not a terminal."""
+    stream = stream or sys.stderr
+    return None if json_out or not stream.isatty() else PrefillBar(stream)
 
 
 def _fail(msg: str, code: int = 1):
@@ -146,7 +182,7 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
     from .engine import Reader
     reader = Reader(model, overrides)
     ans = reader.ask(doc, question, max_new_tokens=max_new_tokens, dense=dense,
-                     on_text=None if json_out else _stream, log=not no_log)
+                     on_text=None if json_out else _stream, log=not no_log, on_prefill=prefill_bar(json_out))
     out = ans.to_json()
     if json_out:
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
@@ -207,7 +243,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         if not q.strip():
             continue
         ans = reader.ask(doc, q, history=history, session_id=sid, max_new_tokens=max_new_tokens, dense=dense,
-                         on_text=_stream)
+                         on_text=_stream, on_prefill=prefill_bar())
         say("")
         if ans.dropped_turns:
             say(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "

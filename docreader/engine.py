@@ -19,12 +19,13 @@ from dsa.longctx import set_context
 from . import models, store
 from .document import Document
 from .errors import DocreaderError
-from .generate import generate
+from .generate import Progress, generate, kv_dtype
 from .loaders import load as load_document
 from .prompt import Prompt, build, tokenize_document
 from .provenance import SelectionAccumulator, Span, record_ranges, spans_from_weights
 
 _MODELS: dict[tuple, models.LoadedModel] = {}  # one load per (model, knobs) per process
+FOLLOW_UP_TOKENS = 2048  # room a document's cache keeps past the first prompt for later turns (else one copy)
 
 
 def get_model(spec: str | None, overrides: dict | None = None) -> models.LoadedModel:
@@ -112,8 +113,10 @@ class Reader:
 
     def ask(self, document: Document | str, question: str, history: list[tuple[str, str]] | None = None,
             session_id: str | None = None, max_new_tokens: int = 256, dense: bool = False,
-            on_text: Callable[[str], None] | None = None, log: bool = True, max_spans: int = 20) -> Answer:
-        """Answer `question` from the whole document; the indexer's selections become ranked spans."""
+            on_text: Callable[[str], None] | None = None, log: bool = True, max_spans: int = 20,
+            on_prefill: Progress | None = None) -> Answer:
+        """Answer `question` from the whole document; the indexer's selections become ranked spans.
+        on_prefill(done, total): the prefill's progress in tokens, after each chunk."""
         if isinstance(document, (str, Path)):
             document = self.load(str(document))
         if not question.strip():
@@ -126,8 +129,11 @@ class Reader:
                                    weighting=self.weighting)
         mode = "dense" if dense else "sparse"
         previous = cfg.mode
-        key = (lm.name, mode, factor, hash(tuple(p.input_ids[: p.doc_end])))
-        cache = self._prefix[1] if self._prefix and self._prefix[0] == key else dsa.new_cache(model)
+        total = len(p.input_ids) + max_new_tokens
+        kv = None if dense else kv_dtype(model, total)  # dense attention would upcast a bf16 cache whole every step
+        key = (lm.name, mode, factor, kv, hash(tuple(p.input_ids[: p.doc_end])))
+        cache = (self._prefix[1] if self._prefix and self._prefix[0] == key
+                 else dsa.new_cache(model, capacity=total + FOLLOW_UP_TOKENS, dtype=kv))
         cache.crop(p.doc_end)
         cached = cache.get_seq_length()
         self._prefix = None  # until this generation finishes, the cache is not a clean prefix
@@ -135,7 +141,8 @@ class Reader:
         dsa.take_paths(model)
         try:
             with dsa.recording(model, acc.recorder), dsa.profiling(model) as phases:
-                gen = generate(model, lm.tokenizer, p.input_ids, max_new_tokens, on_text=on_text, cache=cache)
+                gen = generate(model, lm.tokenizer, p.input_ids, max_new_tokens, on_text=on_text, cache=cache,
+                               on_prefill=on_prefill)
         finally:
             dsa.set_mode(model, previous)
             paths = dsa.take_paths(model)

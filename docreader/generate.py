@@ -1,7 +1,13 @@
-"""Greedy generation with streaming, a DSA cache, and timings: prefill once, then one token at a time."""
+"""Greedy generation with streaming, a DSA cache, and timings: prefill in chunks, then one token at a time.
+
+A long prompt is prefilled `DOCREADER_PREFILL_CHUNK` tokens per forward (default 8,192) through the cache: one
+forward over a 256k-token book would hold gigabytes of activations (the MLP's alone are ~3 GB per 100k tokens
+for the default model), a chunk's are bounded. Each chunk keeps only its last position's logits.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -9,6 +15,15 @@ from typing import Callable
 import torch
 
 import dsa
+
+from .errors import DocreaderError
+from .loaders.limits import env_count
+
+PREFILL_CHUNK_ENV = "DOCREADER_PREFILL_CHUNK"
+DEFAULT_PREFILL_CHUNK = 8192
+KV_DTYPE_ENV = "DOCREADER_KV_DTYPE"  # auto (default) | float32 | bfloat16
+KV_FP32_MAX_BYTES = 4 << 30  # fp32 K/V up to 4 GiB (~93k tokens of the default model), bf16 past it
+Progress = Callable[[int, int], None]  # (prompt tokens prefilled so far, prompt tokens to prefill)
 
 
 @dataclass
@@ -89,27 +104,73 @@ def repeats(new: list[int], n: int) -> list[int]:
     return sorted({new[i + n - 1] for i in range(len(new) - n + 1) if new[i : i + n - 1] == tail})
 
 
+def prefill_chunk() -> int:
+    """Tokens per prefill forward: $DOCREADER_PREFILL_CHUNK, else 8,192."""
+    return env_count(PREFILL_CHUNK_ENV, DEFAULT_PREFILL_CHUNK, "tokens")
+
+
+def kv_bytes(model, tokens: int, itemsize: int = 4) -> int:
+    """Bytes of K and V for `tokens` tokens over every layer, at `itemsize` bytes a value."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return tokens * c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * itemsize
+
+
+def kv_dtype(model, tokens: int) -> torch.dtype | None:
+    """How a DSA cache for `tokens` (prompt + new tokens) stores the sparse layers' K/V: the model's own dtype while
+    fp32 K/V stay within KV_FP32_MAX_BYTES, bfloat16 past that (half the memory: ~6 instead of 12 GB at 256k
+    tokens for the default model). Not bf16 always: on a 16k-token prompt bf16 K/V moved the first answer
+    token's logits by 0.47 and changed the greedy answer after 15 tokens, where a different prefill chunk moved
+    them by 1e-4 (bench/RESULTS-speed.md). $DOCREADER_KV_DTYPE (float32 | bfloat16) forces one."""
+    raw = os.environ.get(KV_DTYPE_ENV, "auto").strip().lower() or "auto"
+    if raw not in ("auto", "float32", "bfloat16"):
+        raise DocreaderError(f"{KV_DTYPE_ENV} must be auto, float32 or bfloat16, got {raw!r}")
+    if raw != "auto":
+        return getattr(torch, raw)
+    return torch.bfloat16 if kv_bytes(model, tokens) > KV_FP32_MAX_BYTES else None
+
+
+def prefill(model, ids: torch.Tensor, cache, chunk: int, on_progress: Progress | None = None):
+    """ids [1, n] through the model `chunk` tokens per forward, appended to `cache` (None: the model makes one)
+    -> (the last position's logits [V], the cache). on_progress(done, n) before the first chunk (done = 0) and
+    after each one."""
+    n = ids.shape[1]
+    out = None
+    if on_progress:
+        on_progress(0, n)
+    for start in range(0, n, chunk):
+        out = model(ids[:, start : start + chunk], **dsa.cache_arg(cache), use_cache=True, logits_to_keep=1)
+        cache = dsa.output_cache(out)
+        if on_progress:
+            on_progress(min(start + chunk, n), n)
+    return out.logits[0, -1], cache
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
              on_text: Callable[[str], None] | None = None, cache=None,
-             repetition_penalty: float = REPETITION_PENALTY) -> Generation:
-    """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable.
+             repetition_penalty: float = REPETITION_PENALTY, on_prefill: Progress | None = None,
+             chunk: int | None = None) -> Generation:
+    """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable, `on_prefill` the
+    prefill's progress (tokens done, tokens to do) after each chunk of `chunk` tokens (default `prefill_chunk()`).
 
     `cache` may already hold a prefix of `input_ids` (e.g. the document, kept from an earlier question);
-    only the rest is prefilled."""
+    only the rest is prefilled. A DSA cache is made (or grown) once to hold the prompt and every new token."""
     stops = stop_ids(model, tokenizer)
     exempt = exempt_ids(tokenizer) if repetition_penalty != 1.0 else frozenset()
-    if cache is None:
-        cache = dsa.new_cache(model) if dsa.is_attached(model) else None
+    total = len(input_ids) + max_new_tokens
+    if cache is None and dsa.is_attached(model):
+        cache = dsa.new_cache(model, capacity=total, dtype=kv_dtype(model, total))
+    if isinstance(cache, dsa.DSACache):
+        cache.reserve(total)
     done = cache.get_seq_length() if cache is not None else 0
     if done >= len(input_ids):
         raise ValueError(f"the cache holds {done} tokens, the prompt only {len(input_ids)}")
     dev = next(model.parameters()).device
     ids = torch.tensor([input_ids[done:]], device=dev)
     t0 = time.perf_counter()
-    out = model(ids, **dsa.cache_arg(cache), use_cache=True, logits_to_keep=1)
-    cache = dsa.output_cache(out)
-    nxt = int(out.logits[0, -1].argmax())
+    logits, cache = prefill(model, ids, cache, chunk or prefill_chunk(), on_prefill)
+    nxt = int(logits.argmax())
     prefill_s = time.perf_counter() - t0
     new: list[int] = []
     shown = ""

@@ -86,9 +86,14 @@ def _phase(state: DSAState, name: str):
     state.timings[name] = state.timings.get(name, 0.0) + time.perf_counter() - t
 
 
+MASK_ELEMENTS = 1 << 24  # most [queries, keys] mask entries one SDPA call builds (SDPA makes a float copy: 64 MB)
+
+
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
-    """q [B, H, Lq, D], k/v [B, Hkv, Lk, D] -> [B, Lq, H, D]; queries are the last Lq positions."""
+    """q [B, H, Lq, D], k/v [B, Hkv, Lk, D] -> [B, Lq, H, D]; queries are the last Lq positions. K/V stored in
+    another dtype (a bf16 cache) are upcast to the queries'."""
     Lq, Lk = q.shape[2], k.shape[2]
+    k, v = k.to(q.dtype), v.to(q.dtype)
     if Lq == Lk:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
     elif Lq == 1 and q.shape[0] == 1:  # decode: two grouped matmuls read K and V once (CPU SDPA is ~1.3x slower)
@@ -96,9 +101,17 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: 
     elif Lq == 1:
         out = F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=True)
     else:
-        qpos = torch.arange(Lk - Lq, Lk, device=q.device)
-        mask = select_all_dense(Lk, qpos)[None, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
+        # a prefill chunk after a cached prefix: SDPA's causal flag aligns top-left, so the mask is explicit, built
+        # for a few queries at a time (one [Lq, Lk] mask of a 8k-query chunk at 256k keys would be 2 GB, 8 GB as
+        # float), each reading only the keys up to its last query
+        step = max(1, MASK_ELEMENTS // Lk)
+        out = q.new_empty(q.shape)
+        for s in range(0, Lq, step):
+            e = min(s + step, Lq)
+            end = Lk - Lq + e  # keys [0, end) are causal for some query of [s, e)
+            mask = select_all_dense(end, torch.arange(Lk - Lq + s, end, device=q.device))[None, None]
+            out[:, :, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :end], v[:, :, :end], attn_mask=mask,
+                                                             scale=scaling, enable_gqa=True)
     return out.transpose(1, 2)
 
 
@@ -166,11 +179,12 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
         # CPU kernel or GPU prefill: every query before the first recorded one, in one call (recorded ones take
         # the reference path below, which also computes what they record)
         done = 0 if use_dense or reference else Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
-        if done and not query.requires_grad and kernels.usable(query, keys):  # the kernel has no backward
+        if done and not query.requires_grad and kernels.usable(query, keys) and key.dtype in kernels.KV_DTYPES:
             _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
-            _count_path(state, "kernel", done)
+            _count_path(state, "kernel", done)  # (the kernel has no backward: training takes flex or torch)
         elif done and flex.usable(query, cfg):
-            counts = flex.prefill(query[b, :, :done], key[b], value[b], qi[b, :done], wi[b, :done], keys[b], means[b],
+            kb, vb = key[b].to(query.dtype), value[b].to(query.dtype)  # a bf16 cache under fp32 queries: upcast
+            counts = flex.prefill(query[b, :, :done], kb, vb, qi[b, :done], wi[b, :done], keys[b], means[b],
                                   qpos[:done], cfg, scaling, out[b, :done], phase=lambda p: _phase(state, p),
                                   tile=flex.TRAIN_TILE if query.requires_grad else flex.TILE)
             for name, n in counts.items():
@@ -206,7 +220,7 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
             with _phase(state, "attention"):
                 read = sel.mask.any(0)  # only keys some query of the chunk selected
                 tokens, mask = sel.tokens[read], sel.mask[:, read]  # [T], [C, T]
-                kg, vg = _gather(cache, layer, b, tokens, key, value)
+                kg, vg = _gather(cache, layer, b, tokens, key, value, query.dtype)
                 o, probs = _attend_chunk(query[b, :, c0:c1], kg, vg, mask, scaling, by_attention)
                 _count_keys(state, tokens.shape[0])
                 out[b, c0:c1] = o
@@ -238,11 +252,14 @@ def _count_path(state: DSAState, name: str, n: int) -> None:
     state.paths[name] = state.paths.get(name, 0) + int(n)
 
 
-def _gather(cache, layer: int, b: int, tokens: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
-    """Keys and values [Hkv, T, D] at positions `tokens` of batch row b."""
+def _gather(cache, layer: int, b: int, tokens: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+            dtype: torch.dtype):
+    """Keys and values [Hkv, T, D] at positions `tokens` of batch row b, in `dtype` (the queries')."""
     if isinstance(cache, DSACache):
-        return cache.layers[layer].gather(b, tokens)
-    return key[b][:, tokens], value[b][:, tokens]
+        k, v = cache.layers[layer].gather(b, tokens)
+    else:
+        k, v = key[b][:, tokens], value[b][:, tokens]
+    return k.to(dtype), v.to(dtype)
 
 
 def _count_keys(state: DSAState, n: int | torch.Tensor, name: str = "keys_read") -> None:
@@ -273,7 +290,7 @@ def _decode_one(state: DSAState, layer: int, b: int, query, qi, wi, keys, means,
         qpos = torch.tensor([keys.shape[1] - 1], device=keys.device)
         state.recorder.add(layer, b, qpos, sel.picks, sel.pick_scores, sel.blocks)
     with _phase(state, "attention"):
-        kg, vg = _gather(cache, layer, b, sel.tokens, key, value)
+        kg, vg = _gather(cache, layer, b, sel.tokens, key, value, query.dtype)
         out[b, 0] = _attend_one(query[b, :, 0], kg, vg, scaling)
         _count_keys(state, sel.tokens.shape[0])
     return True

@@ -1,13 +1,22 @@
-"""Caches for DSA decoding: a KV cache that grows in place, and the indexer's own key cache beside it.
+"""Caches for DSA decoding: a KV cache that is allocated once (or grows in place), and the indexer's own key
+cache beside it.
 
 transformers' DynamicLayer concatenates on every step, copying the whole cache per token per layer; at
-32k tokens that copy costs more than the sparse attention itself. `GrowLayer` keeps a buffer with
-doubling capacity and hands out views, so appending a token is O(1) amortised.
+32k tokens that copy costs more than the sparse attention itself. `GrowBuffer` hands out views of one buffer.
+When the final length is known (prompt + most new tokens: `capacity`, or `reserve` later) the buffer is
+allocated once at that size, so a 256k-token prefill never holds an old and a doubled buffer at once; past
+it, appending still works (the buffer doubles, with one copy).
+
+K/V can be stored in another dtype than the model computes in (`kv_dtype`, e.g. bfloat16: half the memory of
+fp32). The sparse layers' K/V is read only by the CPU kernel (which converts bf16 rows as it loads them) or
+gathered a few hundred rows at a time (and upcast); layers that attend densely keep the model's dtype, because
+dense attention reads all of their K/V on every step and would have to upcast it whole.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Iterable
 
 import torch
 from transformers import LlamaForCausalLM
@@ -15,6 +24,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 # transformers 5.2x renamed the model's `past_key_values` argument and output field to `cache`
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+MIN_ROWS = 256  # smallest allocation when the capacity is unknown
 
 
 def cache_arg(cache: Cache | None) -> dict:
@@ -28,23 +38,41 @@ def output_cache(out) -> Cache | None:
 
 
 class GrowBuffer:
-    """A [B, ..., L, D] tensor along dim -2 with amortised O(1) append; `view` is [..., :length, :]."""
+    """A [B, ..., L, D] tensor along dim -2; `view` is [..., :length, :].
 
-    def __init__(self) -> None:
+    The first append allocates `capacity` rows when that many are known to come (no copy ever, up to it), else
+    twice what it holds; appending past the allocation doubles it (amortised O(1)). Rows are stored in `dtype`
+    when given, else in the dtype of the first append."""
+
+    def __init__(self, capacity: int | None = None, dtype: torch.dtype | None = None) -> None:
         self.buf: torch.Tensor | None = None
         self.length = 0
+        self.capacity = capacity or 0
+        self.dtype = dtype
 
     def append(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[-2]
-        if self.buf is None or self.length + n > self.buf.shape[-2]:
-            cap = max(256, 2 * (self.length + n))
-            new = x.new_empty(*x.shape[:-2], cap, x.shape[-1])
-            if self.buf is not None:
-                new[..., : self.length, :] = self.buf[..., : self.length, :]
-            self.buf = new
-        self.buf[..., self.length : self.length + n, :] = x
-        self.length += n
+        need = self.length + n
+        if self.buf is None:
+            rows = self.capacity if self.capacity >= need else max(MIN_ROWS, 2 * need)
+            self.buf = x.new_empty(*x.shape[:-2], rows, x.shape[-1], dtype=self.dtype or x.dtype)
+        elif need > self.buf.shape[-2]:
+            self._realloc(max(MIN_ROWS, 2 * need))
+        self.buf[..., self.length : need, :] = x  # casts to the buffer's dtype
+        self.length = need
         return self.view
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` rows in one allocation (one copy if rows are already held)."""
+        self.capacity = max(self.capacity, capacity)
+        if self.buf is not None and capacity > self.buf.shape[-2]:
+            self._realloc(capacity)
+
+    def _realloc(self, rows: int) -> None:
+        with torch.inference_mode(self.buf.is_inference()):  # the new buffer is of the same kind as the old
+            new = self.buf.new_empty(*self.buf.shape[:-2], rows, self.buf.shape[-1])
+            new[..., : self.length, :] = self.buf[..., : self.length, :]
+        self.buf = new
 
     @property
     def view(self) -> torch.Tensor:
@@ -55,11 +83,17 @@ class GrowBuffer:
 
 
 class GrowLayer(DynamicLayer):
-    """A DynamicLayer whose update appends into a growing buffer instead of torch.cat."""
+    """A DynamicLayer whose update appends into a `GrowBuffer` (optionally preallocated, optionally stored in
+    `dtype`) instead of torch.cat. `keys` / `values` are views in the stored dtype."""
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._k, self._v = GrowBuffer(), GrowBuffer()
+    def __init__(self, capacity: int | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self._k, self._v = GrowBuffer(capacity, dtype), GrowBuffer(capacity, dtype)
+
+    def reset(self) -> None:
+        super().reset()
+        self._k = GrowBuffer(self._k.capacity, self._k.dtype)
+        self._v = GrowBuffer(self._v.capacity, self._v.dtype)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -68,9 +102,13 @@ class GrowLayer(DynamicLayer):
         self.values = self._v.append(value_states)
         return self.keys, self.values
 
+    def reserve(self, capacity: int) -> None:
+        self._k.reserve(capacity)
+        self._v.reserve(capacity)
+
     def gather(self, b: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [Hkv, T, D] at positions `tokens` of batch row b, read from the contiguous
-        buffers: index_select on the strided `keys` view would first copy the whole view."""
+        buffers (in the stored dtype): index_select on the strided `keys` view would first copy the whole view."""
         return self._k.buf[b].index_select(1, tokens), self._v.buf[b].index_select(1, tokens)
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -84,13 +122,20 @@ class GrowLayer(DynamicLayer):
 class IndexerKeys:
     """One sparse layer's indexer keys [B, L, d] plus running per-block sums for stage-1 block scoring."""
 
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, capacity: int | None = None) -> None:
         self.block_size = block_size
-        self.keys = GrowBuffer()
-        self.block_sums = GrowBuffer()  # [B, n_blocks, d] fp32
+        self.keys = GrowBuffer(capacity)
+        self.block_sums = GrowBuffer(self._blocks(capacity))  # [B, n_blocks, d] fp32
+
+    def _blocks(self, tokens: int | None) -> int | None:
+        return -(-tokens // self.block_size) if tokens else None
 
     def __len__(self) -> int:
         return self.keys.length
+
+    def reserve(self, capacity: int) -> None:
+        self.keys.reserve(capacity)
+        self.block_sums.reserve(self._blocks(capacity))
 
     def append(self, k: torch.Tensor) -> torch.Tensor:
         """k [B, n, d] -> all keys [B, L, d]; refreshes the sums of the blocks the new keys touched."""
@@ -126,11 +171,24 @@ class IndexerKeys:
 
 
 class DSACache(DynamicCache):
-    """KV cache in growing buffers + per-layer indexer keys. Pass it with `cache_arg(cache)` to a DSA model."""
+    """KV cache in growing buffers + per-layer indexer keys. Pass it with `cache_arg(cache)` to a DSA model.
 
-    def __init__(self, num_layers: int, block_size: int = 64) -> None:
-        Cache.__init__(self, layers=[GrowLayer() for _ in range(num_layers)])
-        self.index_keys = [IndexerKeys(block_size) for _ in range(num_layers)]
+    capacity: tokens to allocate every buffer for at once (prompt + most new tokens), when known.
+    kv_dtype: the dtype K/V are stored in (None: the model's), except in `full_layers` (the dense layers,
+    which keep the model's dtype: see the module docstring)."""
+
+    def __init__(self, num_layers: int, block_size: int = 64, capacity: int | None = None,
+                 kv_dtype: torch.dtype | None = None, full_layers: Iterable[int] = ()) -> None:
+        full = set(full_layers)
+        Cache.__init__(self, layers=[GrowLayer(capacity, None if i in full else kv_dtype) for i in range(num_layers)])
+        self.index_keys = [IndexerKeys(block_size, capacity) for _ in range(num_layers)]
+
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` tokens in every buffer, allocated now (or at the first append): one copy of what
+        is held instead of doublings, e.g. before a longer follow-up prompt reuses a document's cache."""
+        for layer, ik in zip(self.layers, self.index_keys):
+            layer.reserve(capacity)
+            ik.reserve(capacity)
 
     @torch.inference_mode()  # caches filled under inference mode hold inference tensors
     def crop(self, max_length: int) -> None:

@@ -96,7 +96,7 @@ def _build() -> ctypes.CDLL:
             fn = lib.dsa_select_attend
             fn.restype = _int
             fn.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
-                           _int, _int, _int, _int, _int, _int, _int, _int, _int, _int, _f32, _int]
+                           _int, _int, _int, _int, _int, _int, _int, _int, _int, _int, _f32, _int, _int]
             lib.dsa_kernel_isa.restype = ctypes.c_char_p
             return lib
     raise RuntimeError("; ".join(dict.fromkeys(errors)))
@@ -139,8 +139,11 @@ def build_error() -> str:
     return _error
 
 
+KV_DTYPES = (torch.float32, torch.bfloat16)  # what the kernel reads K/V buffers in (bf16 rows converted as loaded)
+
+
 def usable(*tensors: torch.Tensor) -> bool:
-    """The kernel takes float32 CPU tensors."""
+    """The kernel takes float32 CPU tensors (and K/V buffers in one of KV_DTYPES)."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
 
 
@@ -155,7 +158,8 @@ def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means:
     threads (default torch's): many queries go one per thread; fewer than 8 split each query's work.
 
     qi [C, H_I, d_I], wi [C, H_I], keys [L, d_I] (rows contiguous), means [nb, d_I], qpos [C] long,
-    query [C, H, D], kbuf / vbuf [Hkv, cap, D] (positions < L filled), out [C, H, D] contiguous."""
+    query [C, H, D], kbuf / vbuf [Hkv, cap, D] (positions < L filled; float32 or both bfloat16), out [C, H, D]
+    contiguous."""
     if not available():
         raise RuntimeError(f"dsa kernel unavailable: {build_error() or 'DSA_KERNELS=0'}")
     C, HI, DI = qi.shape
@@ -166,13 +170,16 @@ def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means:
         keys = keys.contiguous()
     if not (kbuf.is_contiguous() and vbuf.is_contiguous() and out.is_contiguous()):
         raise ValueError("select_attend: kbuf, vbuf and out must be contiguous")
+    if kbuf.dtype != vbuf.dtype or kbuf.dtype not in KV_DTYPES:
+        raise ValueError(f"select_attend: kbuf and vbuf must both be float32 or bfloat16, got {kbuf.dtype}, {vbuf.dtype}")
     nread = torch.empty(C, dtype=torch.int64)
     phase = (ctypes.c_double * 2)()
     counts = (ctypes.c_int64 * 4)()
     _lib.dsa_select_attend(C, qi.data_ptr(), wi.data_ptr(), keys.data_ptr(), means.data_ptr(), means.shape[0],
                            qpos.data_ptr(), query.data_ptr(), kbuf.data_ptr(), vbuf.data_ptr(), kbuf.shape[1],
                            out.data_ptr(), nread.data_ptr(), phase, counts, HI, DI, H, Hkv, D, cfg.block_size, cfg.n_blocks,
-                           cfg.top_k, cfg.sink_tokens, cfg.local_window, float(scaling), threads or torch.get_num_threads())
+                           cfg.top_k, cfg.sink_tokens, cfg.local_window, float(scaling), threads or torch.get_num_threads(),
+                           int(kbuf.dtype == torch.bfloat16))
     if stats is not None:
         for i, name in enumerate(STAT_NAMES[:3]):
             stats[name] = stats.get(name, 0) + counts[i]

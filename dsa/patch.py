@@ -78,9 +78,12 @@ def is_attached(model: nn.Module) -> bool:
     return hasattr(model, "dsa_state")
 
 
-def new_cache(model: nn.Module) -> DSACache:
-    """A fresh cache for prefill + decode with a DSA model."""
-    return DSACache(model.config.num_hidden_layers, model.dsa_state.config.block_size)
+def new_cache(model: nn.Module, capacity: int | None = None, dtype: torch.dtype | None = None) -> DSACache:
+    """A fresh cache for prefill + decode with a DSA model. capacity: the final length when known (prompt + most
+    new tokens), so every buffer is allocated once; dtype: how the sparse layers store K/V (e.g. torch.bfloat16,
+    half of fp32's memory; None: the model's dtype). The dense layers keep the model's dtype (see dsa.cache)."""
+    cfg = model.dsa_state.config
+    return DSACache(model.config.num_hidden_layers, cfg.block_size, capacity, dtype, cfg.dense_layers)
 
 
 @contextmanager

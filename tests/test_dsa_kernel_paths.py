@@ -1,6 +1,7 @@
 """The CPU kernel's paths, each reached and checked against the reference (select_chunk + SDPA): every ISA
-build this CPU can run (AVX-512, AVX2, scalar), the dense tile products, and thread teams smaller than asked
-for (OMP_DYNAMIC / OMP_THREAD_LIMIT), which once left whole prefill tiles unwritten."""
+build this CPU can run (AVX-512, AVX2, scalar), with float32 and bfloat16 K/V buffers, the dense tile products,
+and thread teams smaller than asked for (OMP_DYNAMIC / OMP_THREAD_LIMIT), which once left whole prefill tiles
+unwritten."""
 
 from __future__ import annotations
 
@@ -33,14 +34,17 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def check(threads: int, overlap: bool, seed: int = 0) -> dict:
-    """Kernel vs reference on 19 prefill queries (tiles of 8) and 3 decode-sized calls; -> max error, stats."""
+def check(threads: int, overlap: bool, seed: int = 0, kv: str = "float32") -> dict:
+    """Kernel vs reference on 19 prefill queries (tiles of 8) and 3 decode-sized calls; -> max error, stats.
+    kv: the K/V buffers' dtype; the reference attends the same values upcast (bf16 -> fp32 is exact), so the
+    tolerance is float32's whatever the storage."""
     torch.manual_seed(seed)
     cfg = small(index_dim=32, rope_dim=16, top_k=64, n_blocks=8)
     L, H, HKV, D = 3000, 6, 2, 64
     keys = F.layer_norm(torch.randn(L, 32), (32,))
     means = _block_means(keys[None], cfg.block_size)[0]
-    kbuf, vbuf = torch.randn(HKV, L, D), torch.randn(HKV, L, D)
+    kbuf, vbuf = torch.randn(HKV, L, D).to(getattr(torch, kv)), torch.randn(HKV, L, D).to(getattr(torch, kv))
+    kref, vref = kbuf.float(), vbuf.float()
     stats: dict = {}
     err = 0.0
     for qpos in (torch.arange(L - 75, L), torch.tensor([L - 1]), torch.tensor([1500]), torch.tensor([40])):
@@ -57,17 +61,19 @@ def check(threads: int, overlap: bool, seed: int = 0) -> dict:
         for c in range(C):
             sel = select_chunk(qi[c : c + 1], wi[c : c + 1], keys[: int(qpos[c]) + 1], means, qpos[c : c + 1], cfg)
             t = sel.tokens[sel.mask[0]]
-            ref = F.scaled_dot_product_attention(query[c][None, :, None], kbuf[:, t][None], vbuf[:, t][None],
+            ref = F.scaled_dot_product_attention(query[c][None, :, None], kref[:, t][None], vref[:, t][None],
                                                  scale=D**-0.5, enable_gqa=True)[0, :, 0]
             e = (out[c] - ref).abs().max().item()
             err = max(err, e if e == e else float("inf"))
     return {"err": err, "isa": kernels.isa(), "openmp": kernels.openmp(), **stats}
 
 
-def run_isolated(env: dict, threads: int, overlaps: tuple[bool, ...] = (False,)) -> list[dict]:
-    """`check` in a fresh process, so the environment reaches OpenMP and the kernel build."""
+def run_isolated(env: dict, threads: int, overlaps: tuple[bool, ...] = (False,),
+                 kvs: tuple[str, ...] = ("float32",)) -> list[dict]:
+    """`check` in a fresh process, so the environment reaches OpenMP and the kernel build; one result per
+    (overlap, K/V dtype)."""
     code = (f"import json, test_dsa_kernel_paths as t; "
-            f"print(json.dumps([t.check({threads}, o) for o in {overlaps!r}]))")
+            f"print(json.dumps([t.check({threads}, o, kv=kv) for o in {overlaps!r} for kv in {kvs!r}]))")
     r = subprocess.run([sys.executable, "-c", code], cwd=HERE, env={**os.environ, **env}, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -87,27 +93,29 @@ def test_kernel_writes_every_output_when_openmp_grants_fewer_threads(env):
 
 @pytest.mark.parametrize("isa", ["native", "avx2", "scalar"])
 def test_each_isa_build_matches_reference(isa, tmp_path):
-    """Every build this CPU can run attends what the reference attends, on both tile paths and decode."""
+    """Every build this CPU can run attends what the reference attends, on both tile paths and decode, with
+    float32 and bfloat16 K/V buffers (bf16 rows converted by that build's vector or scalar loads)."""
     if isa == "avx2" and not {"avx2", "fma"} <= _cpu_flags():
         pytest.skip("this CPU has no AVX2/FMA")
     if not kernels.on_x86() and isa != "native":
         pytest.skip("ISA switches are x86 only")
     env = {"DSA_KERNEL_ISA": isa} | ({} if isa == "native" else {"DSA_KERNEL_DIR": str(tmp_path)})
-    for got in run_isolated(env, threads=2, overlaps=(False, True)):
+    for got in run_isolated(env, threads=2, overlaps=(False, True), kvs=("float32", "bfloat16")):
         assert got["err"] < 1e-4, got
         if isa != "native":
             assert got["isa"] == isa, got
         assert got["decoded"] == 3 and got["tiles_dense"] + got["tiles_sparse"] == 10, got
 
 
-def test_dense_tile_path_is_reached():
+@pytest.mark.parametrize("kv", ["float32", "bfloat16"])
+def test_dense_tile_path_is_reached(kv):
     """Overlapping neighbours take the dense tile products where the build has vector paths (the test that
     aims at them must reach them), scattered ones the row-by-row tiles."""
     if kernels.isa() == "scalar":
         pytest.skip("scalar build: no dense tile path (kernel built without AVX2/AVX-512)")
-    dense = check(threads=1, overlap=True)
+    dense = check(threads=1, overlap=True, kv=kv)
     assert dense["err"] < 1e-4 and dense["tiles_dense"] > 0, dense
-    scattered = check(threads=1, overlap=False)
+    scattered = check(threads=1, overlap=False, kv=kv)
     assert scattered["err"] < 1e-4 and scattered["tiles_sparse"] > 0 and scattered["tiles_dense"] == 0, scattered
 
 

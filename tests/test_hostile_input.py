@@ -80,8 +80,8 @@ def test_html_sniffing_is_linear(tmp_path, format):
 
 
 def test_epub_spine_repeating_one_chapter(tmp_path):
-    message = expect_refused(hostile.epub_repeated_spine(tmp_path), "too long: the text passes 262,144 characters")
-    assert "32,768-token model window (DOCREADER_MAX_TOKENS)" in message
+    message = expect_refused(hostile.epub_repeated_spine(tmp_path), "too long: the text passes 2,097,152 characters")
+    assert "262,144-token model window (DOCREADER_MAX_TOKENS)" in message
 
 
 def test_pdf_form_drawn_5000_times(tmp_path):
@@ -96,7 +96,7 @@ def test_pdf_pages_sharing_one_huge_stream(tmp_path):
 
 def test_markdown_too_long_for_the_window_is_refused_unread(tmp_path):
     message = expect_refused(hostile.big_markdown(tmp_path), "too long: 49.0 MB of text is ~12,250,004 tokens")
-    assert "more than the 32,768-token model window (DOCREADER_MAX_TOKENS)" in message
+    assert "more than the 262,144-token model window (DOCREADER_MAX_TOKENS)" in message
     assert "8,000-token" in expect_refused(hostile.big_markdown(tmp_path, mb=1), "too long",
                                            env={"DOCREADER_MAX_TOKENS": "8000"})
 

@@ -77,7 +77,7 @@ def load(path: str | Path, format: str | None = None, password: str | None = Non
     """Read any supported document; every failure is a one-line DocreaderError naming the file.
 
     Limits: `max_bytes` read, and a `Budget` of wall time and of output text: no more than a window of
-    `max_tokens` (default $DOCREADER_MAX_TOKENS, else 32,768) could hold."""
+    `max_tokens` (default $DOCREADER_MAX_TOKENS, else 262,144) could hold."""
     p = Path(path)
     where = str(p)
     limit = resolve_max_bytes(max_bytes)

@@ -15,9 +15,9 @@ from docreader.errors import DocreaderError
 from docreader.loaders.limits import env_count, human_size
 
 MAX_TOKENS_ENV = "DOCREADER_MAX_TOKENS"
-DEFAULT_MAX_TOKENS = 32_768  # the largest model window today (8,192 native × YaRN 4); long-context work raises it
+DEFAULT_MAX_TOKENS = 262_144  # whole books: the 8,192-token native window × YaRN 32 (the model's own window may be less)
 CHARS_PER_TOKEN_MAX = 8  # no real text averages more characters a token: longer text cannot fit, whatever the tokenizer
-CHARS_PER_TOKEN = 4  # typical English for the estimate in messages (~130 kB of text in 32k tokens)
+CHARS_PER_TOKEN = 4  # typical English for the estimate in messages (~1 MB of text in 256k tokens)
 BYTES_PER_CHAR_MAX = 16  # raw text bytes per character we allow before decoding (UTF-32, or HTML markup)
 LOAD_SECONDS_ENV = "DOCREADER_LOAD_SECONDS"
 DEFAULT_LOAD_SECONDS = 120

@@ -9,7 +9,8 @@
 //            score with block-mean keys, keep the top n_blocks (ties at exactly 0 ordered by recency);
 //   stage 2: candidates = non-forced causal tokens of sink, kept and local blocks; keep the top top_k;
 //   attend:  forced tokens (t < sink, qp - t < local, t == qp) + the kept candidates, in position order.
-// float32, contiguous rows. Vector paths (AVX-512 or AVX2, simd.h) where the build targets them, scalar loops
+// float32 arithmetic and contiguous rows; K/V buffers in float32 or bfloat16 (converted as rows are loaded,
+// simd.h), chosen per call. Vector paths (AVX-512 or AVX2, simd.h) where the build targets them, scalar loops
 // elsewhere. Built at first use by dsa/kernels.py (plain g++, no torch headers).
 #include <algorithm>
 #include <atomic>
@@ -28,7 +29,7 @@ namespace {
 
 struct Args {
     const float* qi; const float* wi; const float* keys; const float* means; const int64_t* qpos;
-    const float* query; const float* kbuf; const float* vbuf; float* out; int64_t* nread; double* phase_s;
+    const float* query; const void* kbuf; const void* vbuf; float* out; int64_t* nread; double* phase_s;
     int64_t cap, nb;
     int HI, DI, H, HKV, D, bs, n_blocks, top_k, sink, local;
     float scaling;
@@ -39,24 +40,32 @@ struct Args {
 
 // fetch the row at t[i + ahead] while row t[i] is used: the rows are scattered, so the hardware prefetcher
 // cannot guess them, and each is only a few cache lines
-inline void prefetch_row(const float* base, const int64_t* t, int64_t i, int64_t T, int n) {
+template <class KV>
+inline void prefetch_row(const KV* base, const int64_t* t, int64_t i, int64_t T, int n) {
     constexpr int64_t ahead = 8;  // 4 to 32 measured the same: the misses in flight bound it, not the distance
     if (i + ahead < T) {
         const char* r = reinterpret_cast<const char*>(base + t[i + ahead] * n);
-        for (int b = 0; b < n * 4; b += 64) __builtin_prefetch(r + b);
+        for (int b = 0; b < n * static_cast<int>(sizeof(KV)); b += 64) __builtin_prefetch(r + b);
     }
+}
+
+// KV head g's rows of a K or V buffer [HKV, cap, n]
+template <class KV>
+inline const KV* head_rows(const void* buf, int g, int64_t cap, int n) {
+    return static_cast<const KV*>(buf) + g * cap * n;
 }
 
 // KV head g's G query heads over the attended positions t[0, T): one pass over the K rows, one over the V
 // rows. Writes the unnormalised output exp(s - m) . V to out [G, n] and the max m / sum of exp(s - m) per
 // head to mx / sum [G], so that parts of a query's keys attended by different threads can be merged.
-template <int D>
-void attend_group(const float* q, const float* k, const float* v, const int64_t* t, int64_t T, int G, int dn,
-                  float scaling, float* p, float* out, float* mx, float* sum) {
+// row [n]: room for one converted row (bf16 K/V).
+template <class KV, int D>
+void attend_group(const float* q, const KV* k, const KV* v, const int64_t* t, int64_t T, int G, int dn,
+                  float scaling, float* p, float* out, float* mx, float* sum, float* row) {
     const int n = D > 0 ? D : dn;
     for (int64_t i = 0; i < T; ++i) {
         prefetch_row(k, t, i, T, n);
-        const float* kr = k + t[i] * n;
+        const float* kr = load_row(k, t[i], n, row);
         for (int j = 0; j < G; ++j) p[j * T + i] = dot<D>(q + j * n, kr, n) * scaling;
     }
     for (int j = 0; j < G; ++j) {
@@ -70,7 +79,7 @@ void attend_group(const float* q, const float* k, const float* v, const int64_t*
     std::fill(out, out + G * n, 0.f);
     for (int64_t i = 0; i < T; ++i) {
         prefetch_row(v, t, i, T, n);
-        const float* vr = v + t[i] * n;
+        const float* vr = load_row(v, t[i], n, row);
         for (int j = 0; j < G; ++j) {
             const float pi = p[j * T + i];
             float* oj = out + j * n;
@@ -110,6 +119,7 @@ constexpr int TILE_Q = 8;  // prefill: queries attended together (their selectio
 
 struct Scratch {  // per-thread buffers, reused across queries
     std::vector<float> bscore, cscore, part;  // part: per split, per head: [G * n out | m | sum]
+    std::vector<float> rows;                  // bf16 K/V rows converted to floats: per split, or a tile's few
     std::vector<uint32_t> tmp;
     std::vector<std::vector<float>> p;  // per split (decode) or per query of a tile (prefill): probabilities
     std::vector<int64_t> blocks, attend, cand, uni;
@@ -188,7 +198,7 @@ void select_query(const Args& a, int64_t c, Scratch& s, int parts) {
 
 // Decode: query c over s.attend, query head h reading KV head h / G; split k of `parts` attends
 // attend[lo, hi) for every KV head, and the splits are merged with their softmax max and sum.
-template <int D>
+template <class KV, int D>
 void attend_split(const Args& a, int64_t c, Scratch& s, int parts) {
     const auto t1 = Clock::now();
     const int G = a.H / a.HKV, n = D > 0 ? D : a.D;
@@ -196,12 +206,14 @@ void attend_split(const Args& a, int64_t c, Scratch& s, int parts) {
     const int64_t T = static_cast<int64_t>(attend.size()), stride = G * n + 2 * G;
     s.p.resize(parts);
     s.part.resize(static_cast<size_t>(parts) * a.HKV * stride);
+    s.rows.resize(static_cast<size_t>(parts) * n);
     parts = parallel_ranges(T, parts, [&](int k, int64_t lo, int64_t hi) {
         s.p[k].resize(static_cast<size_t>(G) * (hi - lo));
         for (int g = 0; g < a.HKV; ++g) {
             float* r = s.part.data() + (static_cast<size_t>(k) * a.HKV + g) * stride;
-            attend_group<D>(a.query + (c * a.H + g * G) * n, a.kbuf + g * a.cap * n, a.vbuf + g * a.cap * n,
-                            attend.data() + lo, hi - lo, G, n, a.scaling, s.p[k].data(), r, r + G * n, r + G * n + G);
+            attend_group<KV, D>(a.query + (c * a.H + g * G) * n, head_rows<KV>(a.kbuf, g, a.cap, n),
+                                head_rows<KV>(a.vbuf, g, a.cap, n), attend.data() + lo, hi - lo, G, n, a.scaling,
+                                s.p[k].data(), r, r + G * n, r + G * n + G, s.rows.data() + static_cast<size_t>(k) * n);
         }
     });
     for (int g = 0; g < a.HKV; ++g) {
@@ -231,11 +243,11 @@ void attend_split(const Args& a, int64_t c, Scratch& s, int parts) {
 #include "tile.h"
 
 // queries c0 .. c0 + m - 1: alone (decode, split over `parts` threads) or as one tile (prefill)
-template <int DI, int D>
+template <class KV, int DI, int D>
 void run_queries(const Args& a, int64_t c0, int m, Scratch& s, int parts) {
     if (m == 1) {
         select_query<DI>(a, c0, s, parts);
-        attend_split<D>(a, c0, s, parts);
+        attend_split<KV, D>(a, c0, s, parts);
         ++s.decoded;
         return;
     }
@@ -244,7 +256,17 @@ void run_queries(const Args& a, int64_t c0, int m, Scratch& s, int parts) {
         select_query<DI>(a, c0 + j, s, 1);
         s.lists[j].swap(s.attend);
     }
-    attend_tile<D>(a, c0, m, s);
+    attend_tile<KV, D>(a, c0, m, s);
+}
+
+using RunFn = void (*)(const Args&, int64_t, int, Scratch&, int);
+
+// the shapes of the supported models, unrolled; others generic
+template <class KV>
+RunFn pick_run(int DI, int D) {
+    return DI == 32 && D == 64 ? run_queries<KV, 32, 64> : DI == 64 && D == 64 ? run_queries<KV, 64, 64>
+         : DI == 32 && D == 128 ? run_queries<KV, 32, 128> : DI == 64 && D == 128 ? run_queries<KV, 64, 128>
+         : run_queries<KV, 0, 0>;
 }
 
 void report(const Scratch* s, int n, int threads, double* phase_s, int64_t* stats) {
@@ -261,18 +283,16 @@ void report(const Scratch* s, int n, int threads, double* phase_s, int64_t* stat
 extern "C" const char* dsa_kernel_isa() { return SIMD_ISA; }
 
 // phase_s (may be null) receives the seconds spent selecting and attending, summed over threads; stats (may
-// be null) adds [tiles attended by dense products, tiles attended row by row, queries decoded alone, threads]
+// be null) adds [tiles attended by dense products, tiles attended row by row, queries decoded alone, threads].
+// kbuf / vbuf hold float32, or bfloat16 when kv_bf16 is nonzero.
 extern "C" int dsa_select_attend(
     int64_t C, const float* qi, const float* wi, const float* keys, const float* means, int64_t nb,
-    const int64_t* qpos, const float* query, const float* kbuf, const float* vbuf, int64_t cap, float* out,
+    const int64_t* qpos, const float* query, const void* kbuf, const void* vbuf, int64_t cap, float* out,
     int64_t* nread, double* phase_s, int64_t* stats, int HI, int DI, int H, int HKV, int D, int bs, int n_blocks,
-    int top_k, int sink, int local, float scaling, int threads) {
+    int top_k, int sink, int local, float scaling, int threads, int kv_bf16) {
     Args a{qi, wi, keys, means, qpos, query, kbuf, vbuf, out, nread, phase_s, cap, nb,
            HI, DI, H, HKV, D, bs, n_blocks, top_k, sink, local, scaling};
-    void (*fn)(const Args&, int64_t, int, Scratch&, int) =  // shapes of the supported models, unrolled; others generic
-        DI == 32 && D == 64 ? run_queries<32, 64> : DI == 64 && D == 64 ? run_queries<64, 64>
-        : DI == 32 && D == 128 ? run_queries<32, 128> : DI == 64 && D == 128 ? run_queries<64, 128>
-        : run_queries<0, 0>;
+    const RunFn fn = kv_bf16 ? pick_run<bf16>(DI, D) : pick_run<float>(DI, D);
     if (C < TILE_Q) {  // decode: each query's work split over the threads
 #ifdef _OPENMP
         const int parts = std::max(1, threads);  // OpenMP's pool: waking it costs microseconds

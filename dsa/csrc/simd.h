@@ -2,7 +2,20 @@
 // AVX2 + FMA (8 floats), whichever the build targets (kernels.py builds with -march=native, or forces one
 // with DSA_KERNEL_ISA). Without either, SIMD_W is 0 and the callers take their scalar loops.
 // Included by select_attend.cpp inside its anonymous namespace; not a standalone header.
+//
+// K/V buffers may hold bfloat16 (half the memory of a 256k-token cache): bf16 is the high half of a float32,
+// so a value converts exactly by a 16-bit left shift. `vload` converts SIMD_W of them as it loads them,
+// `load_row` a whole row into a float buffer; the arithmetic stays float32.
 #pragma once
+
+struct bf16 { uint16_t bits; };  // one bfloat16, as torch stores it
+
+inline float to_float(bf16 x) {
+    const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -13,6 +26,10 @@ using vmask = __mmask16;
 inline vf vzero() { return _mm512_setzero_ps(); }
 inline vf vset1(float x) { return _mm512_set1_ps(x); }
 inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vf vload(const bf16* p) {  // 16 bf16 -> 16 floats: widen to 32 bits, shift into the high half
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 inline void vstore(float* p, vf x) { _mm512_storeu_ps(p, x); }
 inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
@@ -47,6 +64,10 @@ using vmask = __m256;  // all-ones lanes are selected
 inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vset1(float x) { return _mm256_set1_ps(x); }
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vf vload(const bf16* p) {  // 8 bf16 -> 8 floats: widen to 32 bits, shift into the high half
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
 inline void vstore(float* p, vf x) { _mm256_storeu_ps(p, x); }
 inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
@@ -71,3 +92,15 @@ inline vf vsum_lanes(const vf* v) {
 #define SIMD_W 0
 #define SIMD_ISA "scalar"
 #endif
+
+// row t of a [cap, n] K or V buffer as n floats: the row itself when it holds floats; bf16 converted into tmp
+inline const float* load_row(const float* base, int64_t t, int n, float*) { return base + t * n; }
+inline const float* load_row(const bf16* base, int64_t t, int n, float* tmp) {
+    const bf16* p = base + t * n;
+    int d = 0;
+#if SIMD_W > 0
+    for (; d + SIMD_W <= n; d += SIMD_W) vstore(tmp + d, vload(p + d));
+#endif
+    for (; d < n; ++d) tmp[d] = to_float(p[d]);
+    return tmp;
+}

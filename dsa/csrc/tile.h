@@ -7,13 +7,15 @@
 // neighbours): lane l = j * G + h is query j's head h (at most 32 lanes, NV vectors), S[u][l] its score for
 // union row u. Rows a query did not select are masked out of its softmax, so each query still attends exactly
 // its own keys; the products run at the FMA units' rate instead of one scattered row at a time. For KV head g.
-template <int D>
+// (s.rows: room for R converted rows, bf16 K/V.)
+template <class KV, int D>
 void attend_tile_dense_head(const Args& a, int64_t c0, int m, int g, const uint32_t* lanes, Scratch& s) {
     constexpr int n = D, NV = 32 / SIMD_W, R = 8 / NV;  // R union rows per step: R * NV accumulators
     const int G = a.H / a.HKV, L = m * G;
     const int64_t U = static_cast<int64_t>(s.uni.size());
-    const float* k = a.kbuf + g * a.cap * n;
-    const float* v = a.vbuf + g * a.cap * n;
+    const KV* k = head_rows<KV>(a.kbuf, g, a.cap, n);
+    const KV* v = head_rows<KV>(a.vbuf, g, a.cap, n);
+    s.rows.resize(R * n);
     alignas(64) float qt[n * 32] = {0};  // queries transposed: qt[d * 32 + l]
     for (int l = 0; l < L; ++l) {
         const float* q = a.query + ((c0 + l / G) * a.H + g * G + l % G) * n;
@@ -23,7 +25,7 @@ void attend_tile_dense_head(const Args& a, int64_t c0, int m, int g, const uint3
     float* S = s.acc.data();
     for (int64_t u = 0; u < U; u += R) {  // scores, R rows at a time
         const float* kr[R];
-        for (int i = 0; i < R; ++i) kr[i] = k + s.uni[std::min<int64_t>(u + i, U - 1)] * n;
+        for (int i = 0; i < R; ++i) kr[i] = load_row(k, s.uni[std::min<int64_t>(u + i, U - 1)], n, s.rows.data() + i * n);
         vf acc[R][NV];
         for (int i = 0; i < R; ++i)
             for (int j = 0; j < NV; ++j) acc[i][j] = vzero();
@@ -78,7 +80,7 @@ void attend_tile_dense_head(const Args& a, int64_t c0, int m, int g, const uint3
 }
 
 // A tile through dense products over its union rows, one KV head at a time.
-template <int D>
+template <class KV, int D>
 void attend_tile_dense(const Args& a, int64_t c0, int m, Scratch& s) {
     const int G = a.H / a.HKV;
     uint32_t lanes[1 << TILE_Q];  // query bitmask -> lane mask
@@ -87,7 +89,7 @@ void attend_tile_dense(const Args& a, int64_t c0, int m, Scratch& s) {
         for (int j = 0; j < m; ++j)
             if (b >> j & 1) lanes[b] |= ((1u << G) - 1) << (j * G);
     }
-    for (int g = 0; g < a.HKV; ++g) attend_tile_dense_head<D>(a, c0, m, g, lanes, s);
+    for (int g = 0; g < a.HKV; ++g) attend_tile_dense_head<KV, D>(a, c0, m, g, lanes, s);
 }
 #endif
 
@@ -96,7 +98,7 @@ void attend_tile_dense(const Args& a, int64_t c0, int m, Scratch& s) {
 // sum), and scattered K/V rows are what a query's attention waits on: each distinct row is read once for
 // the tile and used by every query that selected it. Per query the arithmetic and its order are those of
 // attend_split with one part, so the outputs are the same as attending each query alone.
-template <int D>
+template <class KV, int D>
 void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
     const auto t1 = Clock::now();
     const int G = a.H / a.HKV, n = D > 0 ? D : a.D;
@@ -120,7 +122,7 @@ void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
         int64_t total = 0;
         for (int j = 0; j < m; ++j) total += static_cast<int64_t>(s.lists[j].size());
         if (m * G <= 32 && U * 10 <= total * 3) {  // the union is under 30% of the rows read one query at a time
-            attend_tile_dense<D>(a, c0, m, s);
+            attend_tile_dense<KV, D>(a, c0, m, s);
             ++s.tiles_dense;
             s.attend_s += std::chrono::duration<double>(Clock::now() - t1).count();
             return;
@@ -132,13 +134,15 @@ void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
     s.acc.resize(static_cast<size_t>(m) * G * n);
     s.part.resize(static_cast<size_t>(m) * G);  // softmax denominators per query and head
     for (int j = 0; j < m; ++j) s.p[j].resize(static_cast<size_t>(G) * s.lists[j].size());
+    s.rows.resize(n);
+    float* row = s.rows.data();
     for (int g = 0; g < a.HKV; ++g) {
-        const float* k = a.kbuf + g * a.cap * n;
-        const float* v = a.vbuf + g * a.cap * n;
+        const KV* k = head_rows<KV>(a.kbuf, g, a.cap, n);
+        const KV* v = head_rows<KV>(a.vbuf, g, a.cap, n);
         std::fill(idx, idx + m, 0);
         for (int64_t u = 0; u < U; ++u) {  // scores: p[j][h * T_j + i] for the i-th key of query j
             prefetch_row(k, s.uni.data(), u, U, n);
-            const float* kr = k + s.uni[u] * n;
+            const float* kr = load_row(k, s.uni[u], n, row);
             for (uint32_t bits = s.members[u]; bits; bits &= bits - 1) {
                 const int j = __builtin_ctz(bits);
                 const int64_t T = static_cast<int64_t>(s.lists[j].size()), i = idx[j]++;
@@ -160,7 +164,7 @@ void attend_tile(const Args& a, int64_t c0, int m, Scratch& s) {
         std::fill(idx, idx + m, 0);
         for (int64_t u = 0; u < U; ++u) {
             prefetch_row(v, s.uni.data(), u, U, n);
-            const float* vr = v + s.uni[u] * n;
+            const float* vr = load_row(v, s.uni[u], n, row);
             for (uint32_t bits = s.members[u]; bits; bits &= bits - 1) {
                 const int j = __builtin_ctz(bits);
                 const int64_t T = static_cast<int64_t>(s.lists[j].size()), i = idx[j]++;
