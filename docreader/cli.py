@@ -149,7 +149,7 @@ def _print_spans(spans: list[dict], limit: int, mode: str = "sparse", quote_char
 
 
 # Options shared by ask and chat
-ModelOpt = typer.Option(None, "--model", "-m", help="Local HF model dir (Llama/Qwen2/Qwen3/Mistral) or hf:ORG/NAME.")
+ModelOpt = typer.Option(None, "--model", "-m", help="smollm2-135m-instruct (default, with its long-context delta), smollm2-135m-instruct-base (without), a local HF model dir (Llama/Qwen2/Qwen3/Mistral) or hf:ORG/NAME.")
 TopK = typer.Option(None, "--top-k", help="DSA: tokens each query keeps by indexer score (default from the model's DSA config).")
 NBlocks = typer.Option(None, "--n-blocks", help="DSA: 64-token excerpts kept by stage 1.")
 Local = typer.Option(None, "--local-window", help="DSA: recent tokens always attended.")

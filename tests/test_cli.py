@@ -356,17 +356,20 @@ def make_long(path: Path, tokenizer, limit: int) -> int:
 
 @pytest.mark.integration
 def test_too_long_document(model_home, tmp_path, tokenizer, monkeypatch):
+    """The base model's window is its native 8,192 tokens stretched by DOCREADER_MAX_YARN_FACTOR (the default
+    model's delta has a fixed 262,144-token window, which the loaders' budget guards first)."""
     monkeypatch.setattr(models, "MAX_YARN_FACTOR", 1)  # the 8,192-token native window, no YaRN
     path = tmp_path / "long.txt"
     n = make_long(path, tokenizer, 8192)
-    line = expect_error("ask", path, "Summarise it.", name=str(path), reason="too long for the model")
+    base = ("--model", models.BASE_MODEL)
+    line = expect_error("ask", *base, path, "Summarise it.", name=str(path), reason="too long for the model")
     assert f"the document is {n:,} tokens" in line and "256 new tokens" in line and "8,192-token window" in line
-    line = expect_error("chat", path, name=str(path), reason="too long for the model", input="Summarise it.\n")
+    line = expect_error("chat", *base, path, name=str(path), reason="too long for the model", input="Summarise it.\n")
     assert f"the document is {n:,} tokens" in line
     assert db_counts(model_home) == NO_ROWS
     monkeypatch.setattr(models, "MAX_YARN_FACTOR", None)  # a bad DOCREADER_MAX_YARN_FACTOR is a user error too
     monkeypatch.setenv("DOCREADER_MAX_YARN_FACTOR", "x")
-    expect_error("ask", path, "Summarise it.", reason="DOCREADER_MAX_YARN_FACTOR must be a whole number")
+    expect_error("ask", *base, path, "Summarise it.", reason="DOCREADER_MAX_YARN_FACTOR must be a whole number")
     assert db_counts(model_home) == NO_ROWS
 
 

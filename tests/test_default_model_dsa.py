@@ -21,7 +21,10 @@ def lm():
 
 
 def test_shipped_indexer_is_found(lm):
-    assert lm.indexer_weights and lm.indexer_weights.endswith("smollm2-135m")
+    """The default loads the long-context delta and the indexer trained with it; the base its own indexer."""
+    assert lm.indexer_weights and lm.indexer_weights.endswith("smollm2-135m-long") and lm.adapter == lm.indexer_weights
+    base = models.load(models.BASE_MODEL)
+    assert base.indexer_weights.endswith("smollm2-135m") and base.adapter is None
 
 
 @torch.no_grad()
