@@ -130,3 +130,15 @@ def test_adapter_for_another_shape_fails(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="fit no module|no LoRA weights"):
         load_adapter(other, tmp_path / "delta")
+
+
+def test_rope_choices_cover_the_new_length():
+    """"base": the slowest rotary dimension turns over the new length as far as it did over the native one;
+    "yarn": YaRN at the length ratio over the native window."""
+    model = tiny_model()  # head_dim 16, rope_theta 10000, 1,024 native positions
+    d = 16
+    base = LT.rope_choice(model, "base", 32 * 1024)
+    slowest = lambda theta: theta ** (-(d - 2) / d)
+    assert abs(slowest(base["rope_theta"]) * 32 * 1024 - slowest(10000.0) * 1024) < 1e-6 * 1024
+    yarn = LT.rope_choice(model, "yarn", 32 * 1024)
+    assert yarn["rope_type"] == "yarn" and yarn["factor"] == 32.0 and yarn["original_max_position_embeddings"] == 1024
