@@ -9,7 +9,11 @@ Random token ids by default; `--text FILE` prefills a real document's tokens ins
 shorter), where neighbouring queries select alike and the CPU kernel's key reads hit the cache more often.
 YaRN scaling past the native window. Dense is the
 model with DSA detached (transformers' SDPA attention), DSA the same weights with the shipped indexer.
-Both use the same growing KV cache, so the comparison isolates attention. Timings are single runs after
+Both use the same KV cache (allocated once for prompt + decode), so the comparison isolates attention; DSA's
+sparse layers may store K/V in bf16 (`--kv-dtype bfloat16`, what docreader uses past the native window).
+`--prefill-chunk N` prefills N tokens per forward, as docreader does (default: one forward). `--random-cache`
+times decode alone over caches filled with random keys and values (decode time does not depend on what the
+cache holds), for lengths whose prefill would take too long to wait for. Timings are single runs after
 a warm-up at 512 tokens: the machine is shared and noisy, so read the ratios, which are taken minutes
 apart in one process, rather than the absolute seconds.
 """
@@ -27,6 +31,7 @@ import torch
 
 import dsa
 from bench.document import document_ids
+from docreader.generate import prefill
 from dsa.longctx import set_context
 
 
@@ -38,20 +43,44 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def fill_random(model, cache: dsa.DSACache, L: int, device: str, chunk: int = 8192) -> None:
+    """Put L random keys and values (and, for DSA's sparse layers, indexer keys) into every layer of `cache`."""
+    c = model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    cfg = model.dsa_state.config if dsa.is_attached(model) else None
+    dtype = next(model.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+    for start in range(0, L, chunk):
+        n = min(chunk, L - start)
+        for i, layer in enumerate(cache.layers):
+            layer.update(rand(1, c.num_key_value_heads, n, hd), rand(1, c.num_key_value_heads, n, hd))
+            if cfg is not None and cfg.is_sparse_layer(i):
+                cache.index_keys[i].append(rand(1, n, cfg.index_dim))
+
+
 @torch.inference_mode()
 def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only: bool = False,
-            prefill_threads: int | None = None, text_ids: torch.Tensor | None = None) -> dict:
+            prefill_threads: int | None = None, text_ids: torch.Tensor | None = None, chunk: int = 0,
+            kv_dtype: torch.dtype | None = None, random_cache: bool = False) -> dict:
     """Prefill L random tokens, then greedy-free decode n_decode tokens (fixed ids); seconds + phases.
 
     decode_only: DSA fills its caches with a dense-attention prefill (the indexer keys are computed as
     usual), so long-context decode can be timed when the sparse prefill is too slow to wait for; decode
-    is then sparse. prefill_threads: prefill with this many threads, decode with the process's own."""
+    is then sparse. random_cache: no prefill at all, the caches hold L random rows (prefill_s is nan).
+    prefill_threads: prefill with this many threads, decode with the process's own. chunk: tokens per
+    prefill forward (0: one forward). kv_dtype: how DSA's sparse layers store K/V (None: the model's dtype)."""
     if text_ids is not None:
         x = text_ids.repeat(-(-L // len(text_ids)))[:L][None].to(device)
     else:
         g = torch.Generator().manual_seed(L)
         x = torch.randint(100, model.config.vocab_size - 100, (1, L), generator=g).to(device)
-    cache = dsa.DSACache(model.config.num_hidden_layers)
+    capacity = L + n_decode
+    cache = (dsa.new_cache(model, capacity, kv_dtype) if sparse
+             else dsa.DSACache(model.config.num_hidden_layers, capacity=capacity))
     phases: dict = {}
     ctx = dsa.profiling(model) if sparse else _null()
     with ctx as ph:
@@ -61,9 +90,12 @@ def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only
         if sparse and decode_only:
             dsa.set_mode(model, "dense")
         t0 = time.perf_counter()
-        model(x, **dsa.cache_arg(cache), use_cache=True, logits_to_keep=1)
+        if random_cache:
+            fill_random(model, cache, L, device)
+        else:
+            prefill(model, x, cache, chunk or L)
         _sync(device)
-        prefill = time.perf_counter() - t0
+        prefill = float("nan") if random_cache else time.perf_counter() - t0
         if sparse and decode_only:
             dsa.set_mode(model, "sparse")
         torch.set_num_threads(threads)
@@ -87,19 +119,21 @@ class _null:
         return False
 
 
-def kv_bytes_per_token(model, L: int, cfg: dsa.DSAConfig | None, keys_read: float | None) -> float:
-    """Bytes of K and V (and, for DSA, indexer keys and block means) read for one decoded token."""
+def kv_bytes_per_token(model, L: int, cfg: dsa.DSAConfig | None, keys_read: float | None,
+                       kv_elt: int | None = None) -> float:
+    """Bytes of K and V (and, for DSA, indexer keys and block means) read for one decoded token; kv_elt: bytes
+    per K/V value in DSA's sparse layers (default: the model's)."""
     c = model.config
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    per_tok = 2 * c.num_key_value_heads * hd * next(model.parameters()).element_size()
+    elt = next(model.parameters()).element_size()
+    per_tok = 2 * c.num_key_value_heads * hd * elt
     layers = c.num_hidden_layers
     if cfg is None:
         return layers * L * per_tok
     sparse = [i for i in range(layers) if cfg.is_sparse_layer(i)]
     dense_part = (layers - len(sparse)) * L * per_tok
-    elt = next(model.parameters()).element_size()
     index_part = len(sparse) * (L * cfg.index_dim * elt + (L // cfg.block_size) * cfg.index_dim * 4)  # keys + block means
-    return dense_part + (keys_read or 0) * per_tok + index_part
+    return dense_part + (keys_read or 0) * per_tok * (kv_elt or elt) / elt + index_part
 
 
 def random_model(config_dir: str, dtype: str):
@@ -133,6 +167,12 @@ def main() -> None:
     ap.add_argument("--decode-only", action="store_true",
                     help="time decode only: DSA's caches are filled by a dense-attention prefill (prefill columns "
                          "then compare dense with dense)")
+    ap.add_argument("--random-cache", action="store_true",
+                    help="time decode only, over caches holding random keys and values (no prefill; decode time "
+                         "does not depend on the cache's contents)")
+    ap.add_argument("--prefill-chunk", type=int, default=0, help="tokens per prefill forward (default: one forward)")
+    ap.add_argument("--kv-dtype", choices=["float32", "bfloat16"], default=None,
+                    help="how DSA's sparse layers store K/V (default: the model's dtype); dense keeps the model's")
     ap.add_argument("--prefill-threads", type=int, default=None, help="threads for prefill (decode keeps the default)")
     ap.add_argument("--text", default=None, help="a UTF-8 text file whose tokens are prefilled instead of random ids "
                                                   "(needs the model's tokenizer: not with --random-weights)")
@@ -153,6 +193,9 @@ def main() -> None:
     text_ids = document_ids(args.text, lm.tokenizer, add_special_tokens=False) if args.text else None
     cfg = model.dsa_state.config
     lengths = [int(v) for v in args.lengths.split(",")]
+    kv_dtype = getattr(torch, args.kv_dtype) if args.kv_dtype else None
+    runs = dict(prefill_threads=args.prefill_threads, text_ids=text_ids, chunk=args.prefill_chunk,
+                random_cache=args.random_cache)
 
     # warm-up (allocators, kernels)
     run_one(model, 512, 2, args.device, sparse=True)
@@ -163,15 +206,13 @@ def main() -> None:
         if args.device.startswith("cuda"):  # compile FlexAttention and the SDPA kernels for this length first
             run_one(model, L, 1, args.device, sparse=True)
         r_dsa = skip if args.only == "dense" else run_one(model, L, args.decode, args.device, sparse=True,
-                                                           decode_only=args.decode_only,
-                                                           prefill_threads=args.prefill_threads, text_ids=text_ids)
+                                                           decode_only=args.decode_only, kv_dtype=kv_dtype, **runs)
         keys_read = r_dsa["phases"].get("decode", {}).get("keys_read", 0) / max(args.decode, 1)
         dense_cfg = model.dsa_state.config
         dsa.detach(model)
         if args.device.startswith("cuda"):
             run_one(model, L, 1, args.device, sparse=False)
-        r_dense = skip if args.only == "dsa" else run_one(model, L, args.decode, args.device, sparse=False,
-                                                             prefill_threads=args.prefill_threads, text_ids=text_ids)
+        r_dense = skip if args.only == "dsa" else run_one(model, L, args.decode, args.device, sparse=False, **runs)
         dsa.attach(model, dense_cfg)
         if lm.indexer_weights:
             dsa.load_indexer(model, lm.indexer_weights)
@@ -180,7 +221,8 @@ def main() -> None:
                "dense_prefill_s": r_dense["prefill_s"], "dsa_prefill_s": r_dsa["prefill_s"],
                "dense_decode_ms": r_dense["decode_ms"], "dsa_decode_ms": r_dsa["decode_ms"],
                "dense_kv_MB_per_token": kv_bytes_per_token(model, L, None, None) / 1e6,
-               "dsa_kv_MB_per_token": kv_bytes_per_token(model, L, cfg, keys_read) / 1e6,
+               "dsa_kv_MB_per_token": kv_bytes_per_token(model, L, cfg, keys_read,
+                                                         kv_dtype.itemsize if kv_dtype else None) / 1e6,
                "dsa_prefill_phases_s": {k: round(v, 2) for k, v in pre.items() if k not in COUNTS},
                "dsa_decode_phases_ms": {k: round(v / args.decode * 1e3, 2)
                                         for k, v in r_dsa["phases"].get("decode", {}).items() if k not in COUNTS}}
@@ -204,11 +246,13 @@ def main() -> None:
     if tiles:
         print("FlexAttention visited this share of the causal 64x64 tiles: " + ", ".join(tiles))
     tokens = f"tokens of {Path(args.text).name}" if args.text else "random token ids"
+    how = ("no prefill (random caches)" if args.random_cache
+           else f"prefill in chunks of {args.prefill_chunk:,}" if args.prefill_chunk else "prefill in one forward")
     print(f"\n{lm.name} ({dtype}), {tokens}, on {args.device} — {machine}; DSA via {kernel}; top_k {cfg.top_k}, n_blocks {cfg.n_blocks}, "
           f"sink {cfg.sink_tokens}, local {cfg.local_window}, dense layers {cfg.dense_layers}; "
-          f"{args.decode} decoded tokens per length; {time.strftime('%Y-%m-%d')}\n")
+          f"{args.decode} decoded tokens per length; DSA K/V {args.kv_dtype or dtype}; {how}; {time.strftime('%Y-%m-%d')}\n")
     print("| tokens | prefill dense s | prefill DSA s | prefill ×  | decode dense ms/tok | decode DSA ms/tok | decode × "
-          "| KV read/token dense MB | DSA MB | DSA prefill split (indexer / selection / attention s) "
+          "| KV read/token dense MB | DSA MB | DSA prefill split (indexer / selection / attention, of which dense layers, s) "
           "| DSA decode split (ms) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -216,7 +260,8 @@ def main() -> None:
         print(f"| {r['L']:,} | {r['dense_prefill_s']:.1f} | {r['dsa_prefill_s']:.1f} | {r['prefill_speedup']:.2f} "
               f"| {r['dense_decode_ms']:.0f} | {r['dsa_decode_ms']:.0f} | {r['decode_speedup']:.2f} "
               f"| {r['dense_kv_MB_per_token']:.1f} | {r['dsa_kv_MB_per_token']:.1f} "
-              f"| {p.get('indexer', 0):.1f} / {p.get('selection', 0):.1f} / {p.get('attention', 0):.1f} "
+              f"| {p.get('indexer', 0):.1f} / {p.get('selection', 0):.1f} / {p.get('attention', 0):.1f}, "
+              f"{p.get('attention_dense_layers', 0):.1f} "
               f"| {d.get('indexer', 0):.1f} / {d.get('selection', 0):.1f} / {d.get('attention', 0):.1f} |")
     if len(rows) > 1:
         r0 = rows[0]

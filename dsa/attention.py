@@ -87,6 +87,8 @@ def _phase(state: DSAState, name: str):
 
 
 MASK_ELEMENTS = 1 << 24  # most [queries, keys] mask entries one SDPA call builds (SDPA makes a float copy: 64 MB)
+# CPU flash attention that also returns each query's log-sum-exp (what SDPA calls on the CPU; None if torch lacks it)
+_FLASH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -100,6 +102,8 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: 
         return _attend_one(q[0, :, 0], k[0], v[0], scaling)[None, None]
     elif Lq == 1:
         out = F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=True)
+    elif q.device.type == "cpu" and _FLASH_LSE is not None:
+        return _prefix_then_causal(q, k, v, scaling).transpose(1, 2)
     else:
         # a prefill chunk after a cached prefix: SDPA's causal flag aligns top-left, so the mask is explicit, built
         # for a few queries at a time (one [Lq, Lk] mask of a 8k-query chunk at 256k keys would be 2 GB, 8 GB as
@@ -113,6 +117,19 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: 
             out[:, :, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :end], v[:, :, :end], attn_mask=mask,
                                                              scale=scaling, enable_gqa=True)
     return out.transpose(1, 2)
+
+
+def _prefix_then_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
+    """q [B, H, Lq, D] at the last Lq of Lk positions, k/v [B, Hkv, Lk, D] -> [B, H, Lq, D], on the CPU: every query
+    sees all of the cached prefix [0, Lk - Lq) (no mask) and its own chunk causally (Lq x Lq, SDPA's causal flag),
+    two flash calls whose softmaxes are merged by their log-sum-exps. No mask is built, and flash attention runs
+    ~1.4x faster here than with one (8,192 queries over 64k keys: 20 vs 28 s on 2 cores)."""
+    P = k.shape[2] - q.shape[2]
+    o1, lse1 = _FLASH_LSE(q, k[:, :, :P], v[:, :, :P], 0.0, False, scale=scaling)  # [B, H, Lq, D], [B, H, Lq]
+    o2, lse2 = _FLASH_LSE(q, k[:, :, P:], v[:, :, P:], 0.0, True, scale=scaling)
+    m = torch.maximum(lse1, lse2)
+    w1, w2 = torch.exp(lse1 - m)[..., None], torch.exp(lse2 - m)[..., None]
+    return (o1 * w1 + o2 * w2) / (w1 + w2)
 
 
 def _block_means(keys: torch.Tensor, bs: int) -> torch.Tensor:
@@ -136,8 +153,8 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
     scaling = scaling if scaling is not None else D**-0.5
     if state.capture is not None:
         state.capture(layer, x, query, key)
-    if not cfg.is_sparse_layer(layer):
-        with _phase(state, "attention"):
+    if not cfg.is_sparse_layer(layer):  # its time is also reported apart: it grows with the square of the length
+        with _phase(state, "attention"), _phase(state, "attention_dense_layers"):
             return dense_attention(query, key, value, scaling), None
     reference = state.reference or os.environ.get("DSA_REFERENCE") == "1"
 

@@ -2,9 +2,10 @@
 
 Why a kernel: a CPU decode step through PyTorch ops is bound by per-op overhead (about 60 small ops per
 sparse layer), and a prefill chunk attends the union of its queries' selections. The kernel runs both
-stages and the attention per query, reading only that query's keys. No torch headers, so it builds in
-about a second; the shared object is cached under `$DSA_KERNEL_DIR` (default `~/.cache/dsa/kernels`),
-keyed by the source, the flags and the CPU.
+stages and the attention per query, reading only that query's keys (K/V buffers in fp32, or in bf16
+converted as each row is loaded: half the memory of a long cache, the arithmetic stays fp32). No torch
+headers, so it builds in about a second; the shared object is cached under `$DSA_KERNEL_DIR` (default
+`~/.cache/dsa/kernels`), keyed by the source, the flags and the CPU.
 
 It is built for the CPU it runs on (-march=native on x86, -mcpu=native elsewhere, then portable flags if
 those fail), so its vector paths are AVX-512 or AVX2 as the CPU has them, scalar loops otherwise; `isa()`

@@ -99,7 +99,8 @@ def recording(model: nn.Module, recorder: SelectionRecorder):
 
 @contextmanager
 def profiling(model: nn.Module):
-    """Within the block, accumulate seconds spent in indexer / selection / attention into a dict."""
+    """Within the block, accumulate seconds spent in indexer / selection / attention into a dict, and, as part of
+    attention, in the dense layers' attention ("attention_dense_layers")."""
     state: DSAState = model.dsa_state
     state.timings = {}
     try:

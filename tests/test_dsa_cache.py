@@ -111,17 +111,25 @@ def test_bf16_cache_stores_sparse_layers_in_bf16_and_paths_agree(monkeypatch):
     assert torch.allclose(fast, ref, atol=1e-4), (fast - ref).abs().max()
 
 
+@pytest.mark.parametrize("path", ["flash_lse", "masks"])
 @pytest.mark.parametrize("mode", ["sparse", "dense"])
-def test_chunk_after_prefix_builds_its_mask_a_few_queries_at_a_time(mode, monkeypatch):
-    """A prefill chunk after a cached prefix through dense attention (layer 0, or every layer in dense mode),
-    with the mask limited to 64 entries: many SDPA calls of a few queries, each reading only the keys it may
-    see, equal to one forward."""
+def test_chunk_after_prefix_through_dense_attention_equals_one_forward(mode, path, monkeypatch):
+    """A prefill chunk after a cached prefix through dense attention (layer 0, or every layer in dense mode)
+    equals one forward: on the CPU by two flash calls (prefix unmasked, chunk causal) merged by their
+    log-sum-exps; elsewhere (or without that op) by masks limited here to 64 entries, i.e. many SDPA calls of a
+    few queries, each reading only the keys it may see."""
     model = tiny()
     dsa.attach(model, small())
     dsa.set_mode(model, mode)
     x = ids(300)
     ref = _run(model, x, dsa.new_cache(model), [300])
-    monkeypatch.setattr(attention, "MASK_ELEMENTS", 64)
+    calls = []
+    if path == "masks":
+        monkeypatch.setattr(attention, "_FLASH_LSE", None)
+        monkeypatch.setattr(attention, "MASK_ELEMENTS", 64)
+        real = attention.select_all_dense
+        monkeypatch.setattr(attention, "select_all_dense", lambda L, qpos: calls.append(L) or real(L, qpos))
     got = _run(model, x, dsa.new_cache(model, dtype=torch.bfloat16 if mode == "dense" else None), [10, 90, 200])
+    assert path == "flash_lse" or len(calls) > 10
     atol = 2e-2 if mode == "dense" else 3e-5  # dense mode here also reads a bf16 cache (upcast)
     assert torch.allclose(got, ref, atol=atol), (got - ref).abs().max()
