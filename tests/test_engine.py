@@ -139,8 +139,9 @@ def test_errors_write_nothing(model_home, irc_file, monkeypatch):
     big = doc.text * 40  # ~21k tokens: over 8,192
     long_path = irc_file.with_name("long.txt")
     long_path.write_text(big, encoding="utf-8")
+    base = Reader(models.BASE_MODEL, KNOBS)  # the default's delta has a fixed 262,144-token window
     with pytest.raises(DocreaderError, match=r"too long for the model: the document is [\d,]+ tokens") as e:
-        reader.ask(str(long_path), "Who?")
+        base.ask(str(long_path), "Who?")
     assert e.value.path == str(long_path) and "8,192-token window" in str(e.value)
     assert db_counts(model_home) == {"documents": 0, "sessions": 0, "answers": 0, "spans": 0}
 

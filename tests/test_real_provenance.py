@@ -52,7 +52,7 @@ def demo(reader, contract):
 
 def test_demo_runs_sparse_and_drops_keys(demo, contract):
     prov = demo.provenance
-    assert prov["attention"] == "sparse" and demo.rope_factor > 1  # 10.7k tokens: YaRN past the native 8k
+    assert prov["attention"] == "sparse" and prov["adapter"]  # 10.7k tokens: the long-context delta's fixed RoPE
     assert prov["paths"].get("kernel", 0) + prov["paths"].get("torch", 0) > 0 and "dense" not in prov["paths"]
     assert 0 < demo.timings["keys_read"] < 0.25 * dense_key_count(demo)  # most keys were never read
     assert prov["indexer"]["trained"] and len(prov["indexer"]["sha256"]) == 64
@@ -97,9 +97,11 @@ def test_follow_up_spans_are_its_own(reader, contract, demo):
     q = "Which state's law governs this agreement?"
     history = [("What products does the distributor sell?", "Energy efficiency products.")]
     again = reader.ask(contract, q, history=history, max_new_tokens=16, log=False)
-    first = {(s.char_start, s.char_end) for s in demo.spans[:5]}
-    follow = {(s.char_start, s.char_end) for s in again.spans[:5]}
-    assert len(first & follow) >= 3
+    first = [(s.char_start, s.char_end) for s in demo.spans[:5]]
+    follow = [(s.char_start, s.char_end) for s in again.spans[:5]]
+    # the same passages (span edges move by a few characters with the prompt around them)
+    shared = [f for f in follow if any(a < f[1] and f[0] < b for a, b in first)]
+    assert len(shared) >= 3, (first, follow)
 
 
 def _book_text(tokens: int = 2000) -> str:
