@@ -95,7 +95,7 @@ def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only
         else:
             prefill(model, x, cache, chunk or L)
         _sync(device)
-        prefill = float("nan") if random_cache else time.perf_counter() - t0
+        prefill_s = float("nan") if random_cache else time.perf_counter() - t0
         if sparse and decode_only:
             dsa.set_mode(model, "sparse")
         torch.set_num_threads(threads)
@@ -108,7 +108,7 @@ def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only
         decode = (time.perf_counter() - t1) / n_decode
         if ph is not None:
             phases = {"prefill": pre, "decode": {k: v - pre.get(k, 0) for k, v in ph.items()}}
-    return {"prefill_s": prefill, "decode_ms": decode * 1e3, "phases": phases}
+    return {"prefill_s": prefill_s, "decode_ms": decode * 1e3, "phases": phases}
 
 
 class _null:
