@@ -1,6 +1,6 @@
 """Answer and provenance evaluation of docreader (issue 6): `make eval` (quick) / `make eval FULL=1`.
 
-    python -m bench.evaluate [--full] [--data PATH ...] [--out FILE] [--only needle,contracts,meetings,faith]
+    python -m bench.evaluate [--full] [--data PATH ...] [--out FILE] [--only needle,contracts,meetings,faith,grounded]
 
 Reads data in the formats of ../shared/data/README.md from `--data` (directories or single .jsonl[.xz]
 files, any number; default ../shared/data), runs
@@ -10,6 +10,8 @@ files, any number; default ../shared/data), runs
 3. meetings (QMSum): message-level provenance hit@k vs gold turns, answer token-F1;
 4. faithfulness: ContextCite-style log-probability drop, top provenance spans vs random spans;
 5. cost: tokens, prefill/decode seconds, sparse vs dense;
+6. grounded: bench.eval_grounded (Quote/Answer replies, base vs tuned model) with this run's preset, data and
+   seed, its JSON beside this one (<out>-grounded.json) and its tables printed after these;
 
 against BM25 / MiniLM-embedding / random windows and dense-attention provenance, writes one JSON file
 (bench/results/eval-<date>.json by default) and prints markdown tables. Every knob is a flag; quick and
@@ -51,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", nargs="+", default=[str(ROOT.parent / "shared" / "data")],
                     help="data directories and/or .jsonl[.xz] files (default ../shared/data)")
     ap.add_argument("--out", help="JSON results file (default bench/results/eval-<date>.json)")
-    ap.add_argument("--only", default="needle,contracts,meetings,faith", help="comma-separated parts to run")
+    ap.add_argument("--only", default="needle,contracts,meetings,faith,grounded", help="comma-separated parts to run")
     ap.add_argument("--model", default=None, help="docreader model spec (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weighting", default="picks", choices=("picks", "choice", "attention"),
@@ -84,9 +86,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def _range(s: str) -> tuple[int, int]:
+def parse_range(s: str) -> tuple[int, int]:
     lo, hi = (int(x) for x in s.split(","))
     return lo, hi
+
+
+def meeting_chars(row: dict) -> int:
+    """Characters of a transcript as rendered (speaker, content and separators per turn)."""
+    return sum(_turn_chars(t) for t in row["transcript"])
+
+
+def _turn_chars(t: dict) -> int:
+    return len(str(t.get("content", ""))) + len(str(t.get("speaker", ""))) + 3
+
+
+def turns_within(row: dict, hi: int) -> int:
+    """How many leading turns fit in hi characters."""
+    total, n = 0, 0
+    for t in row["transcript"]:
+        total += _turn_chars(t)
+        if total > hi:
+            break
+        n += 1
+    return n
 
 
 def choose(rows: list[dict], n: int, size, lo: int, hi: int, prefer: bool) -> list[tuple[dict, bool]]:
@@ -99,7 +121,7 @@ def choose(rows: list[dict], n: int, size, lo: int, hi: int, prefer: bool) -> li
 
 
 def run_contracts(reader, rows, a, embedder, faith_pool) -> tuple[dict, list]:
-    lo, hi = _range(a.contract_chars)
+    lo, hi = parse_range(a.contract_chars)
     picked = choose(rows, a.contracts, lambda r: len(r["text"]), lo, hi, not a.all_docs)
     records = []
     for row, cut in picked:
@@ -136,20 +158,11 @@ def run_contracts(reader, rows, a, embedder, faith_pool) -> tuple[dict, list]:
 
 
 def run_meetings(reader, rows, a, embedder, faith_pool) -> tuple[dict, list]:
-    lo, hi = _range(a.meeting_chars)
-    size = lambda r: sum(len(str(t.get("content", ""))) + len(str(t.get("speaker", ""))) + 3 for t in r["transcript"])
-    picked = choose(rows, a.meetings, size, lo, hi, not a.all_docs)
+    lo, hi = parse_range(a.meeting_chars)
+    picked = choose(rows, a.meetings, meeting_chars, lo, hi, not a.all_docs)
     records = []
     for row, cut in picked:
-        max_turns = None
-        if cut:
-            total, max_turns = 0, 0
-            for t in row["transcript"]:
-                total += len(str(t.get("content", ""))) + len(str(t.get("speaker", ""))) + 3
-                if total > hi:
-                    break
-                max_turns += 1
-        doc = D.meeting_document(row, max_turns)
+        doc = D.meeting_document(row, turns_within(row, hi) if cut else None)
         qs = D.meeting_queries(row, doc, a.queries)
         if not qs:
             continue
@@ -236,6 +249,8 @@ def main(argv=None) -> int:
 
     out_path = Path(a.out) if a.out else ROOT / "bench" / "results" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if parts == {"grounded"}:
+        return run_grounded(a, out_path)
     kinds = set()
     if "needle" in parts:
         kinds.add("book")
@@ -295,7 +310,20 @@ def main(argv=None) -> int:
 
     print(render(result))
     print(f"\nJSON: {out_path}")
+    if "grounded" in parts:
+        run_grounded(a, out_path)
     log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min")
+    return 0
+
+
+def run_grounded(a, out_path: Path) -> int:
+    """bench.eval_grounded (base vs tuned model) with this run's preset, data and seed; prints its tables."""
+    from bench import eval_grounded as G
+
+    argv = ["--data", *a.data, "--seed", str(a.seed), "--out", str(out_path.with_name(out_path.stem + "-grounded.json"))]
+    res = G.run(G.parse_args(argv + ["--full"] * a.full + ["--no-embed"] * a.no_embed))
+    print("\n" + G.render(res))
+    print(f"\nJSON: {res['json']}")
     return 0
 
 
