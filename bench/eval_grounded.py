@@ -45,10 +45,11 @@ from bench.eval_report import fmt, table  # noqa: E402
 PARTS = ("contracts", "meetings", "babilong")
 MODELS = "smollm2-135m-instruct-base,smollm2-135m-instruct"
 QUICK = dict(contracts=2, contract_chars="2000,4500", present=2, absent=1, meetings=1, meeting_chars="2000,4500",
-             queries=1, babi_lengths="4096", babi_tasks="1", babi_n=2, contract_tokens=48, meeting_tokens=48,
+             queries=1, babi_lengths="4096", babi_tasks="1", babi_cells="", babi_n=2, contract_tokens=48, meeting_tokens=48,
              babi_tokens=24, time_budget=None)
 FULL = dict(contracts=12, contract_chars="3000,60000", present=4, absent=3, meetings=8, meeting_chars="4000,90000",
-            queries=3, babi_lengths="32768,131072", babi_tasks="1,2", babi_n=15, contract_tokens=64,
+            queries=3, babi_lengths="32768,131072", babi_tasks="1,2", babi_n=15,
+            babi_cells="qa1@32768,qa1@131072,qa2@32768", contract_tokens=64,
             meeting_tokens=96, babi_tokens=40, time_budget=330)
 BABI_TARGETS = {(1, 32768): 0.90, (1, 131072): 0.80, (2, 32768): 0.60}
 PROMPT_ROOM = 320  # babilong: tokens of system prompt, template and question kept free of the length (plus the answer)
@@ -77,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--queries", type=int, help="specific queries per meeting")
     g.add_argument("--babi-lengths", help="babilong prompt lengths in tokens, comma-separated")
     g.add_argument("--babi-tasks", help="bAbI tasks, comma-separated (1, 2, 3)")
+    g.add_argument("--babi-cells", help="task@length pairs instead of tasks x lengths, e.g. qa1@32768,qa2@4096 "
+                   "(--full: the three with targets, unless --babi-tasks/--babi-lengths are given)")
     g.add_argument("--babi-n", type=int, help="stories per (task, length)")
     g.add_argument("--max-new-tokens", type=int, help="max new tokens of every answer (overrides the three below)")
     g.add_argument("--contract-tokens", type=int, help="max new tokens of a contract answer")
@@ -84,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--babi-tokens", type=int, help="max new tokens of a babilong answer")
     g.add_argument("--time-budget", type=float, help="seconds of asking, shared by the parts in order (quick: none)")
     a = ap.parse_args(argv)
+    if (a.babi_tasks or a.babi_lengths) and a.babi_cells is None:
+        a.babi_cells = ""  # the product of the given tasks and lengths
     for k, v in (FULL if a.full else QUICK).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -210,18 +215,19 @@ def record(ex, cell: str | None = None) -> dict:
             "gold": [list(g) for g in ex.gold], "absent": ex.absent, "meta": meta, "by_model": {}}
 
 
-def run_groups(part: str, groups: list[tuple[list, str | None]], readers: dict, max_new: int, deadline: float | None,
-               baselines: dict | None, recs: list[dict], save) -> None:
-    """groups: (examples of one document, babilong cell). Each document: baselines, then every model; the
-    records are appended to recs as they are made (save() writes what is done so far)."""
-    for gi, (exs, cell) in enumerate(groups):
+def run_groups(part: str, groups: list[tuple], readers: dict, max_new: int, deadline: float | None,
+               baselines: dict | None, recs: list[dict], save) -> int:
+    """groups: (make() -> the examples of one document, babilong cell or None, number of questions). Each
+    document: baselines, then every model; records are appended to recs as they are made (save() writes
+    what is done so far). Returns the number of questions not asked because the deadline had passed."""
+    late = 0
+    for gi, (make, cell, n_questions) in enumerate(groups):
+        if deadline is not None and time.perf_counter() > deadline:
+            late += n_questions
+            continue
+        exs = make()
         rs = [record(ex, cell) for ex in exs]
         recs += rs
-        if deadline is not None and time.perf_counter() > deadline:
-            for r in rs:
-                r["by_model"] = {}
-                r["budget_skipped"] = True
-            continue
         doc = exs[0].document
         log(f"{part} {gi + 1}/{len(groups)} {exs[0].name[:60]!r}{' ' + cell if cell else ''}: "
             f"{len(doc.text):,} chars, {len(exs)} questions")
@@ -238,9 +244,14 @@ def run_groups(part: str, groups: list[tuple[list, str | None]], readers: dict, 
                 r["by_model"][name] = ask_one(reader, ex, max_new)
             reader._prefix = None  # this document is done: free its KV cache before the next model's
         save()
+    return late
 
 
-def contract_groups(rows: list[dict], a) -> list[tuple[list, None]]:
+def _ready(exs: list) -> tuple:
+    return (lambda: exs), None, len(exs)
+
+
+def contract_groups(rows: list[dict], a) -> list[tuple]:
     from bench.evaluate import choose, parse_range
     from bench.sft_tasks import contract_examples
 
@@ -251,11 +262,11 @@ def contract_groups(rows: list[dict], a) -> list[tuple[list, None]]:
         exs = contract_examples(row, random.Random(f"{a.seed}:{row['name']}"), a.present, a.absent,
                                 max_chars=hi if cut else None)
         if exs:
-            out.append((exs, None))
+            out.append(_ready(exs))
     return out
 
 
-def meeting_groups(rows: list[dict], a) -> list[tuple[list, None]]:
+def meeting_groups(rows: list[dict], a) -> list[tuple]:
     from bench.evaluate import choose, meeting_chars, parse_range, turns_within
     from bench.sft_tasks import meeting_examples
 
@@ -266,31 +277,34 @@ def meeting_groups(rows: list[dict], a) -> list[tuple[list, None]]:
         exs = meeting_examples(row, random.Random(f"{a.seed}:{row['name']}"), a.queries,
                                max_turns=turns_within(row, hi) if cut else None)
         if exs:
-            out.append((exs, None))
+            out.append(_ready(exs))
     return out
 
 
-def babilong_groups(a, tokenizer) -> list[tuple[list, str]]:
-    """One document per story; the cells interleaved (story j of every cell before story j + 1), so that a
-    time-budget cut leaves every cell some items."""
+def babi_cells(a) -> list[tuple[int, int]]:
+    if a.babi_cells:
+        return [(int(t.split("@")[0].removeprefix("qa")), int(t.split("@")[1])) for t in a.babi_cells.split(",") if t]
+    return [(int(t), int(n)) for t in a.babi_tasks.split(",") if t for n in a.babi_lengths.split(",") if n]
+
+
+def babilong_groups(a, tokenizer) -> list[tuple]:
+    """One document per story, built when asked (a 128k-token one takes seconds); the cells interleaved
+    (story j of every cell before story j + 1), so that a time-budget cut leaves every cell some items."""
     from bench.eval_long import Corpus, held_out_books
     from bench.sft_tasks import babilong_example, load_babi
 
     corpus = Corpus(held_out_books(a.data))
-    tasks = [int(t) for t in a.babi_tasks.split(",") if t]
-    lengths = [int(n) for n in a.babi_lengths.split(",") if n]
-    stories = {t: load_babi(a.babi, t, "eval") for t in tasks}
-    out = []
-    for j in range(a.babi_n):
-        for t in tasks:
-            for n in lengths:
-                rng = random.Random(f"{a.seed}:babi:{t}:{n}:{j}")
-                story = stories[t][rng.randrange(len(stories[t]))]
-                n_doc = n - PROMPT_ROOM - a.babi_tokens
-                text, _ = corpus.text(rng, 6 * n_doc + 20_000)
-                ex = babilong_example(t, story, text, n_doc, tokenizer, rng, f"babilong-qa{t}-{n}-{j}")
-                out.append(([ex], f"qa{t}|{n}"))
-    return out
+    cells = babi_cells(a)
+    stories = {t: load_babi(a.babi, t, "eval") for t in sorted({t for t, _ in cells})}
+
+    def make(t: int, n: int, j: int) -> list:
+        rng = random.Random(f"{a.seed}:babi:{t}:{n}:{j}")
+        story = stories[t][rng.randrange(len(stories[t]))]
+        n_doc = n - PROMPT_ROOM - a.babi_tokens
+        text, _ = corpus.text(rng, 6 * n_doc + 20_000)
+        return [babilong_example(t, story, text, n_doc, tokenizer, rng, f"babilong-qa{t}-{n}-{j}")]
+
+    return [((lambda t=t, n=n, j=j: make(t, n, j)), f"qa{t}|{n}", 1) for j in range(a.babi_n) for t, n in cells]
 
 
 # --- tables -----------------------------------------------------------------------------------------------
@@ -375,8 +389,8 @@ def render(result: dict) -> str:
 def describe(a) -> str:
     return (f"{a.contracts} held-out contracts of {a.contract_chars} chars ({a.present} answerable + {a.absent} absent "
             f"questions, ≤ {a.contract_tokens} new tokens); {a.meetings} held-out meetings of {a.meeting_chars} chars "
-            f"({a.queries} queries, ≤ {a.meeting_tokens}); babilong qa{a.babi_tasks} at {a.babi_lengths} tokens x "
-            f"{a.babi_n} eval stories (≤ {a.babi_tokens}); DSA sparse, greedy; time budget "
+            f"({a.queries} queries, ≤ {a.meeting_tokens}); babilong {a.babi_cells or f'qa{a.babi_tasks} x {a.babi_lengths}'} "
+            f"tokens, {a.babi_n} eval stories each (≤ {a.babi_tokens}); DSA sparse, greedy; time budget "
             f"{a.time_budget or 'none'}; seed {a.seed}; device {os.environ.get('DOCREADER_DEVICE', 'cpu')}")
 
 
@@ -423,9 +437,9 @@ def run(a) -> dict:
         base = ({"embedder": embedder, "window_words": a.window_words, "seed": a.seed}
                 if part == "contracts" else None)
         recs: list[dict] = []
-        result["parts"][part] = p = {"records": recs, "docs": len(groups)}
-        run_groups(part, groups, readers, max_new, deadline, base, recs, save)
-        p.update(items=len(recs), budget_skipped=sum(1 for r in recs if r.get("budget_skipped")),
+        result["parts"][part] = p = {"records": recs}
+        late = run_groups(part, groups, readers, max_new, deadline, base, recs, save)
+        p.update(items=len(recs), docs=len({r["doc"] for r in recs}), budget_skipped=late,
                  summary={m: summarize(part, recs, m) for m in models}, wall_s=time.perf_counter() - t0)
         save()
     result["json"] = str(out_path)

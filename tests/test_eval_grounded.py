@@ -219,6 +219,52 @@ def test_presets_and_overrides():
     assert f.argv == ["--full", "--max-new-tokens", "7", "--babi-n", "3"]
 
 
+def test_babi_cells():
+    assert G.babi_cells(G.parse_args(["--full"])) == [(1, 32768), (1, 131072), (2, 32768)]
+    assert G.babi_cells(G.parse_args(["--full", "--babi-tasks", "3"])) == [(3, 32768), (3, 131072)]
+    assert G.babi_cells(G.parse_args(["--babi-tasks", "1,2", "--babi-lengths", "4096,8192"])) == [
+        (1, 4096), (1, 8192), (2, 4096), (2, 8192)]
+    assert G.babi_cells(G.parse_args(["--babi-cells", "qa2@2048"])) == [(2, 2048)]
+
+
+class FakeReader:
+    """Reader.ask's shape: replies quote the toy document; a question containing 'long' is refused."""
+
+    def __init__(self, text):
+        self.text, self._prefix, self.asked = text, None, []
+
+    def ask(self, document, question, **kw):
+        from docreader.errors import DocreaderError
+
+        self.asked.append(question)
+        if "long" in question:
+            raise DocreaderError("exceeds the window")
+        self._prefix = ("key", "cache")
+        start = document.text.index(LAW)
+        span = types.SimpleNamespace(char_start=start, char_end=start + 10)
+        return types.SimpleNamespace(text=self.text, spans=[span], prompt_tokens=100, new_tokens=5,
+                                     timings={"prefill_s": 0.1, "decode_s": 0.2, "cached_prefix_tokens": 0})
+
+
+def test_run_groups_asks_every_model_and_honours_the_deadline():
+    ex = lambda q: types.SimpleNamespace(kind="contract", name="toy", document=DOC, question=q, answers=["Delaware"],
+                                         gold=GOLD, absent=False, history=[], meta={"category": "law"})
+    readers = {"base": FakeReader("Delaware, I think."), "tuned": FakeReader(reply(LAW, answer="Delaware."))}
+    groups = [G._ready([ex("Which law?"), ex("A long one?")])]
+    recs = []
+    assert G.run_groups("contracts", groups, readers, 8, None, None, recs, lambda: None) == 0
+    assert [r["question"] for r in recs] == ["Which law?", "A long one?"]
+    assert readers["tuned"].asked == ["Which law?", "A long one?"] and readers["tuned"]._prefix is None
+    tuned, base = recs[0]["by_model"]["tuned"], recs[0]["by_model"]["base"]
+    assert tuned["quote_hit"] is True and tuned["dsa_hit@3"] is True and base["quote_hit"] is False
+    assert "skipped" in recs[1]["by_model"]["tuned"]
+    s = G.summarize("contracts", recs, "tuned")
+    assert (s["asked"], s["skipped"], s["quote_hit"]) == (1, 1, 1.0)
+    late = []
+    assert G.run_groups("contracts", groups * 2, readers, 8, 0.0, None, late, lambda: None) == 4
+    assert late == []
+
+
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
