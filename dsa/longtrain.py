@@ -42,7 +42,7 @@ from . import flex
 from .attention import _block_means
 from .config import DSAConfig
 from .longctx import set_rope, yarn
-from .lora import LoraConfig, add_lora, merge, save_adapter
+from .lora import LoraConfig, add_lora, merge, resume, save_adapter
 from .patch import decoder_layers
 from .train import _cast_input, attention_target, block_kl_chunk, layer_scale, load_model, lr_at, selectable_kl_chunk
 from .weights import load_indexer, save_indexer
@@ -50,12 +50,14 @@ from .weights import load_indexer, save_indexer
 # -- data ------------------------------------------------------------------------------------------
 
 
-def load_windows(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """bench/make_long_data.py's windows_{L}.npz -> tokens int64 [N, L], answer bool [N, L]."""
+def load_windows(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bench/make_long_data.py's (or make_sft_data.py's) windows_{L}.npz -> tokens int64 [N, L], answer bool
+    [N, L], lm bool [N, L] (tokens the plain next-token loss uses; every token when the file has no mask)."""
     z = np.load(path)
     tokens = torch.from_numpy(z["tokens"].astype(np.int64))
     answer = torch.from_numpy(z["answer"].astype(bool)) if "answer" in z else torch.zeros_like(tokens, dtype=torch.bool)
-    return tokens, answer
+    lm = torch.from_numpy(z["lm"].astype(bool)) if "lm" in z else torch.ones_like(tokens, dtype=torch.bool)
+    return tokens, answer, lm
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Phase:
     share: float  # of the time budget
     tokens: torch.Tensor | None = None
     answer: torch.Tensor | None = None
+    lm: torch.Tensor | None = None
 
 
 def parse_phases(spec: str, data_dir: str | Path | None) -> list[Phase]:
@@ -73,7 +76,7 @@ def parse_phases(spec: str, data_dir: str | Path | None) -> list[Phase]:
         L, share = part.split(":")
         ph = Phase(int(L), float(share))
         if data_dir is not None:
-            ph.tokens, ph.answer = load_windows(Path(data_dir) / f"windows_{ph.seq_len}.npz")
+            ph.tokens, ph.answer, ph.lm = load_windows(Path(data_dir) / f"windows_{ph.seq_len}.npz")
             if ph.tokens.shape[1] < ph.seq_len:
                 raise ValueError(f"windows_{ph.seq_len}.npz holds {ph.tokens.shape[1]}-token windows")
         phases.append(ph)
@@ -126,13 +129,14 @@ def _lm_chunk(lm_head: nn.Module, h: torch.Tensor, tgt: torch.Tensor, w: torch.T
 
 
 def lm_loss(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, answer: torch.Tensor,
-            chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden [1, L, d], ids/answer [1, L] -> (loss, [mean over all tokens, mean over answer tokens]): the loss
-    is their sum (the answer term is 0 for windows without answers). The vocabulary projection runs per
-    chunk under checkpointing, so [L, V] logits never exist at once."""
+            lm: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [1, L, d], ids/answer/lm [1, L] -> (loss, [mean over the lm tokens, mean over answer tokens]):
+    the loss is their sum (a term is 0 for windows without such tokens; lm None: every token). The
+    vocabulary projection runs per chunk under checkpointing, so [L, V] logits never exist at once."""
     h, tgt, ans = hidden[0, :-1], ids[0, 1:], answer[0, 1:].float()
+    plain = torch.ones_like(ans) if lm is None else lm[0, 1:].float()
     n, n_ans = tgt.shape[0], ans.sum()
-    w = torch.stack([torch.full_like(ans, 1.0 / n), ans / n_ans.clamp_min(1.0)], 1)  # [n, 2]
+    w = torch.stack([plain / plain.sum().clamp_min(1.0), ans / n_ans.clamp_min(1.0)], 1)  # [n, 2]
     parts = hidden.new_zeros(2, dtype=torch.float32)
     for c0 in range(0, n, chunk):
         sl = slice(c0, min(c0 + chunk, n))
@@ -216,9 +220,11 @@ def prepare(model: nn.Module, dsa_cfg: DSAConfig, lora_cfg: LoraConfig, init_ind
 
 def train(model: nn.Module, phases: list[Phase], *, lora_params, idx_params, lr: float, idx_lr: float,
           time_budget: float, tokens_per_step: int, queries: int, seed: int, max_steps: int | None = None,
-          log=print) -> dict:
-    """Phases in order, each for its share of time_budget seconds (or of max_steps steps); one optimizer
-    step per tokens_per_step tokens (windows accumulated). -> summary with the loss curve."""
+          interleave: bool = False, log=print) -> dict:
+    """Phases in order, each for its share of time_budget seconds (or of max_steps steps) — or, with
+    interleave, every step from the phase furthest below its share so far (a mixture of lengths rather
+    than a curriculum); one optimizer step per tokens_per_step tokens (windows accumulated).
+    -> summary with the loss curve."""
     opt = torch.optim.AdamW([{"params": lora_params, "lr": lr, "base": lr},
                              {"params": idx_params, "lr": idx_lr, "base": idx_lr}],
                             betas=(0.9, 0.95), weight_decay=0.0)
@@ -227,50 +233,62 @@ def train(model: nn.Module, phases: list[Phase], *, lora_params, idx_params, lr:
     device = lora_params[0].device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0, step, tokens, log_rows = time.perf_counter(), 0, 0, []
-    spent = 0.0
-    for ph in phases:
-        order = torch.randperm(ph.tokens.shape[0], generator=torch.Generator().manual_seed(seed + ph.seq_len))
-        cursor, accum = 0, max(1, tokens_per_step // ph.seq_len)
-        ph_end = spent + ph.share * (max_steps or time_budget)
-        clock = (lambda: step) if max_steps else (lambda: time.perf_counter() - t0)
-        while clock() < ph_end:
-            progress = clock() / (max_steps or time_budget)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(progress, g["base"], warmup=0.05)
-            opt.zero_grad(set_to_none=True)
-            lm_sum, ans_sum, idx_sum, n_ans = 0.0, 0.0, 0.0, 0
-            for _ in range(accum):
-                r = int(order[cursor % len(order)])
-                cursor += 1
-                ids = ph.tokens[r:r + 1, :ph.seq_len].to(device)
-                ans = ph.answer[r:r + 1, :ph.seq_len].to(device)
-                tap.on, tap.store = True, {}
-                hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
-                tap.on = False
-                loss, parts = lm_loss(model, hidden, ids, ans)
-                (loss / accum).backward()  # LM loss -> LoRA + norms, through the sparse attention
-                del hidden
-                iloss, iavg = indexer_loss(model, tap.store, queries, rng)
-                (iloss / accum).backward()  # indexer KL -> indexer only
-                tap.store = {}
-                lm_sum += float(parts[0]) / accum
-                ans_sum += float(parts[1]) / accum
-                idx_sum += iavg / accum
-                n_ans += int(ans.sum())
-                tokens += ids.numel()
-            gn = float(torch.nn.utils.clip_grad_norm_(lora_params, 1.0))
-            torch.nn.utils.clip_grad_norm_(idx_params, 1.0)
-            opt.step()
-            step += 1
-            sync()
-            row = {"step": step, "seq_len": ph.seq_len, "lm_loss": round(lm_sum, 4), "answer_loss": round(ans_sum, 4), "indexer_kl": round(idx_sum, 4),
-                   "answer_tokens": n_ans, "gnorm": round(gn, 3), "lr": round(opt.param_groups[0]["lr"], 7),
-                   "tokens": tokens, "s": round(time.perf_counter() - t0, 1)}
-            log_rows.append(row)
-            log(json.dumps(row), flush=True)
-        spent = ph_end
+    total = max_steps or time_budget
+    clock = (lambda: step) if max_steps else (lambda: time.perf_counter() - t0)
+    orders = [torch.randperm(ph.tokens.shape[0], generator=torch.Generator().manual_seed(seed + ph.seq_len))
+              for ph in phases]
+    cursors, used = [0] * len(phases), [0.0] * len(phases)  # windows taken, clock spent per phase
+
+    def next_phase() -> int | None:
+        now = clock()
+        if now >= total:
+            return None
+        if interleave:
+            return max(range(len(phases)), key=lambda i: phases[i].share - used[i] / max(now, 1e-9))
+        ends = np.cumsum([p.share * total for p in phases])
+        return next(i for i, e in enumerate(ends) if now < e or i == len(phases) - 1)
+
+    while (pi := next_phase()) is not None:
+        ph, started = phases[pi], clock()
+        accum = max(1, tokens_per_step // ph.seq_len)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(started / total, g["base"], warmup=0.05)
+        opt.zero_grad(set_to_none=True)
+        lm_sum, ans_sum, idx_sum, n_ans = 0.0, 0.0, 0.0, 0
+        for _ in range(accum):
+            r = int(orders[pi][cursors[pi] % len(orders[pi])])
+            cursors[pi] += 1
+            ids = ph.tokens[r:r + 1, :ph.seq_len].to(device)
+            ans = ph.answer[r:r + 1, :ph.seq_len].to(device)
+            plain = ph.lm[r:r + 1, :ph.seq_len].to(device) if ph.lm is not None else None
+            tap.on, tap.store = True, {}
+            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+            tap.on = False
+            loss, parts = lm_loss(model, hidden, ids, ans, plain)
+            (loss / accum).backward()  # LM loss -> LoRA + norms, through the sparse attention
+            del hidden
+            iloss, iavg = indexer_loss(model, tap.store, queries, rng)
+            (iloss / accum).backward()  # indexer KL -> indexer only
+            tap.store = {}
+            lm_sum += float(parts[0]) / accum
+            ans_sum += float(parts[1]) / accum
+            idx_sum += iavg / accum
+            n_ans += int(ans.sum())
+            tokens += ids.numel()
+        gn = float(torch.nn.utils.clip_grad_norm_(lora_params, 1.0))
+        torch.nn.utils.clip_grad_norm_(idx_params, 1.0)
+        opt.step()
+        step += 1
+        sync()
+        used[pi] += clock() - started
+        row = {"step": step, "seq_len": ph.seq_len, "lm_loss": round(lm_sum, 4), "answer_loss": round(ans_sum, 4),
+               "indexer_kl": round(idx_sum, 4), "answer_tokens": n_ans, "gnorm": round(gn, 3),
+               "lr": round(opt.param_groups[0]["lr"], 7), "tokens": tokens, "s": round(time.perf_counter() - t0, 1)}
+        log_rows.append(row)
+        log(json.dumps(row), flush=True)
     model.dsa_state.capture = None
-    return {"steps": step, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1), "log": log_rows}
+    return {"steps": step, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1), "log": log_rows,
+            "phase_clock": [round(u, 1) for u in used]}
 
 
 # -- CLI -------------------------------------------------------------------------------------------
@@ -292,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--indexer-lr", type=float, default=3e-4)
     ap.add_argument("--indexer-rope-theta", type=float, default=None, help="default: keep the init's")
     ap.add_argument("--init-indexer", help="indexer weights dir to start from (its dsa_config.json is used)")
+    ap.add_argument("--init-adapter", help="a saved delta to keep training (its rank, targets and RoPE are used)")
+    ap.add_argument("--stage", default="context extension, sparse attention in the loop (DeepSeek-V3.2 stage 2, LoRA + norms)",
+                    help="what this run is, for the training record")
+    ap.add_argument("--interleave", action="store_true", help="mix the phases' lengths every step (fine-tuning) "
+                    "instead of running them in order (a curriculum)")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--queries", type=int, default=256, help="queries per layer in the indexer's KL")
     ap.add_argument("--time-budget", type=float, default=420.0, help="seconds of training")
@@ -308,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, args.gguf_dir, args.gguf_file, args.device, dtype)
     phases = parse_phases(args.phases, args.data)
     print(f"model and data loaded in {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
-    rope = rope_choice(model, args.rope, args.max_positions)
+    if args.init_adapter:  # the delta's own RoPE, rank and targets: the stage continues it
+        from .lora import read_config
+        init = read_config(args.init_adapter)
+        rope, args.max_positions, args.rank, args.alpha = init.rope, init.max_positions, init.rank, init.alpha
+    else:
+        rope = rope_choice(model, args.rope, args.max_positions)
     set_rope(model, rope, args.max_positions)
     dsa_cfg = DSAConfig.load(Path(args.init_indexer) / "dsa_config.json") if args.init_indexer else DSAConfig()
     dsa_cfg.mode = "sparse"
@@ -316,12 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         dsa_cfg.rope_theta = args.indexer_rope_theta
     lora_cfg = LoraConfig(rank=args.rank, alpha=args.alpha, rope=rope, max_positions=args.max_positions)
     lora_params, idx_params = prepare(model, dsa_cfg, lora_cfg, args.init_indexer, args.seed)
+    if args.init_adapter:
+        resume(model, args.init_adapter)
     n_lora = sum(p.numel() for p in lora_params)
     summary = train(model, phases, lora_params=lora_params, idx_params=idx_params, lr=args.lr, idx_lr=args.indexer_lr,
                     time_budget=args.time_budget, tokens_per_step=args.tokens_per_step, queries=args.queries,
-                    seed=args.seed)
-    record = {"stage": "context extension, sparse attention in the loop (DeepSeek-V3.2 stage 2, LoRA + norms)",
+                    seed=args.seed, interleave=args.interleave)
+    record = {"stage": args.stage,
               "model": args.gguf_file or args.model, "data": str(args.data),
+              "init_adapter": args.init_adapter, "interleave": args.interleave, "phase_clock_s": summary["phase_clock"],
               "phases": [{"seq_len": p.seq_len, "share": round(p.share, 3), "windows": int(p.tokens.shape[0])}
                          for p in phases],
               "rope": rope, "max_positions": args.max_positions, "lora": lora_cfg.to_dict(), "trainable_lora_params": n_lora,

@@ -159,6 +159,24 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraConfig:
     return cfg
 
 
+@torch.no_grad()
+def resume(model: nn.Module, adapter_dir: str | Path) -> LoraConfig:
+    """Load a saved delta into the trainable LoraLinear wrappers `add_lora` made (same targets and rank), so
+    a later stage (fine-tuning on top of the context extension) keeps training the same small delta."""
+    cfg = read_config(adapter_dir)
+    tensors = load_file(str(Path(adapter_dir) / "adapter.safetensors"))
+    for name, parent, attr in _adapted(model, cfg):
+        lin = getattr(parent, attr)
+        if not isinstance(lin, LoraLinear) or lin.lora_A.shape[0] != cfg.rank:
+            raise ValueError(f"{adapter_dir}: {name} is not a rank-{cfg.rank} LoRA wrapper (call add_lora first)")
+        lin.lora_A.copy_(tensors[f"{name}.lora_A"].float())
+        lin.lora_B.copy_(tensors[f"{name}.lora_B"].float())
+    for name, norm in _norms(model).items():
+        if f"{name}.weight" in tensors:
+            norm.weight.copy_(tensors[f"{name}.weight"].to(norm.weight.dtype))
+    return cfg
+
+
 def merge(model: nn.Module) -> None:
     """Fold trained LoraLinear wrappers back into plain linears (after training, before evaluation)."""
     with torch.no_grad():

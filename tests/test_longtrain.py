@@ -142,3 +142,66 @@ def test_rope_choices_cover_the_new_length():
     assert abs(slowest(base["rope_theta"]) * 32 * 1024 - slowest(10000.0) * 1024) < 1e-6 * 1024
     yarn = LT.rope_choice(model, "yarn", 32 * 1024)
     assert yarn["rope_type"] == "yarn" and yarn["factor"] == 32.0 and yarn["original_max_position_embeddings"] == 1024
+
+
+def test_lm_mask_limits_the_plain_term():
+    """Fine-tuning windows (bench/make_sft_data.py) carry an lm mask: padding and prompts stay out of the loss."""
+    model, *_ = prepared()
+    ids = torch.randint(0, 97, (1, L), generator=torch.Generator().manual_seed(4))
+    ans = torch.zeros_like(ids, dtype=torch.bool)
+    ans[0, 100:110] = True
+    lm = torch.zeros_like(ids, dtype=torch.bool)
+    lm[0, 20:60] = True
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+        _, parts = LT.lm_loss(model, hidden, ids, ans, lm)
+        _, none = LT.lm_loss(model, hidden, ids, ans, torch.zeros_like(lm))
+        ce = F.cross_entropy(model.lm_head(hidden[0, :-1]).float(), ids[0, 1:], reduction="none")
+    assert torch.allclose(parts, torch.stack([ce[19:59].mean(), ce[99:109].mean()]), atol=1e-5)
+    assert float(none[0]) == 0.0 and torch.allclose(none[1], parts[1])
+
+
+def _windows(tmp_path, lengths: list[int]) -> None:
+    g = torch.Generator().manual_seed(0)
+    for n in lengths:
+        tokens = torch.randint(0, 97, (4, n), generator=g).numpy().astype(np.uint16)
+        answer = np.zeros_like(tokens, dtype=np.uint8)
+        answer[:, -3:] = 1
+        np.savez_compressed(tmp_path / f"windows_{n}.npz", tokens=tokens, answer=answer, lm=np.zeros_like(answer))
+
+
+def test_interleave_mixes_lengths_from_the_first_steps(tmp_path):
+    _windows(tmp_path, [L, 2 * L])
+    seqs = {}
+    for inter in (False, True):
+        model, _, lora, idx = prepared()
+        rows = []
+        LT.train(model, LT.parse_phases(f"{L}:0.5,{2 * L}:0.5", tmp_path), lora_params=lora, idx_params=idx, lr=1e-3,
+                 idx_lr=1e-3, time_budget=1e9, tokens_per_step=2 * L, queries=16, seed=0, max_steps=4,
+                 interleave=inter, log=lambda r, **k: rows.append(r))
+        seqs[inter] = [__import__("json").loads(r)["seq_len"] for r in rows]
+    assert seqs[False] == [L, L, 2 * L, 2 * L]  # a curriculum: phases in order
+    assert seqs[True][:2] != [L, L] and sorted(seqs[True]) == [L, L, 2 * L, 2 * L]  # a mixture
+
+
+def test_resume_continues_a_saved_delta(tmp_path):
+    model, lora_cfg, lora, idx = prepared()
+    with torch.no_grad():
+        for p in lora:
+            p.add_(torch.randn_like(p) * 0.05)
+    save_adapter(model, tmp_path / "delta", lora_cfg)
+    again, _, lora2, _ = prepared()
+    assert not all(torch.equal(a, b) for a, b in zip(lora, lora2))
+    from dsa.lora import resume
+    resume(again, tmp_path / "delta")
+    for a, b in zip(lora, lora2):  # bf16 storage: equal to bf16 precision
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+    bad = LoraConfig(rank=2, alpha=8.0)
+    small = tiny_model()
+    LT.prepare(small, small_cfg(), bad, None, seed=0)
+    try:
+        resume(small, tmp_path / "delta")
+    except ValueError as e:
+        assert "rank-4" in str(e)
+    else:
+        raise AssertionError("a delta of another rank must not load")
