@@ -290,19 +290,31 @@ def babi_cells(a) -> list[tuple[int, int]]:
 def babilong_groups(a, tokenizer) -> list[tuple]:
     """One document per story, built when asked (a 128k-token one takes seconds); the cells interleaved
     (story j of every cell before story j + 1), so that a time-budget cut leaves every cell some items."""
-    from bench.eval_long import Corpus, held_out_books
-    from bench.sft_tasks import babilong_example, load_babi
+    from bench.eval_long import held_out_books
+    from bench.sft_tasks import babilong_example, chars_for, load_babi
 
-    corpus = Corpus(held_out_books(a.data))
+    books = [b["text"] for b in held_out_books(a.data)]
     cells = babi_cells(a)
     stories = {t: load_babi(a.babi, t, "eval") for t in sorted({t for t, _ in cells})}
 
     def make(t: int, n: int, j: int) -> list:
-        rng = random.Random(f"{a.seed}:babi:{t}:{n}:{j}")
-        story = stories[t][rng.randrange(len(stories[t]))]
+        """A document of 95-100% of n - PROMPT_ROOM - answer tokens (so the prompt fits in n): built from a
+        characters-per-token estimate, rebuilt (same seed) with the measured ratio until it fits."""
         n_doc = n - PROMPT_ROOM - a.babi_tokens
-        text, _ = corpus.text(rng, 6 * n_doc + 20_000)
-        return [babilong_example(t, story, text, n_doc, tokenizer, rng, f"babilong-qa{t}-{n}-{j}")]
+        n_chars, best = chars_for(tokenizer, books, n_doc), None
+        for _ in range(4):
+            rng = random.Random(f"{a.seed}:babi:{t}:{n}:{j}")
+            story = stories[t][rng.randrange(len(stories[t]))]
+            ex = babilong_example(story, books, n_chars, rng, f"babilong-qa{t}-{n}-{j}")
+            got = len(tokenizer(ex.document.text, add_special_tokens=False)["input_ids"])
+            if got <= n_doc and (best is None or got > best[1]):
+                best = ex, got
+            if 0.95 * n_doc <= got <= n_doc:
+                break
+            n_chars = int(n_chars * n_doc / got * 0.985)
+        ex, got = best or (ex, got)
+        ex.meta.update(tokens=got)
+        return [ex]
 
     return [((lambda t=t, n=n, j=j: make(t, n, j)), f"qa{t}|{n}", 1) for j in range(a.babi_n) for t, n in cells]
 
