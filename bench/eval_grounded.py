@@ -41,6 +41,7 @@ from bench import eval_data as D  # noqa: E402
 from bench import eval_metrics as M  # noqa: E402
 from bench.eval_qa import add_baselines, log, score_provenance  # noqa: E402
 from bench.eval_report import fmt, table  # noqa: E402
+from bench.evaluate import add_document_args, choose, meeting_chars, parse_range, turns_within  # noqa: E402
 
 PARTS = ("contracts", "meetings", "babilong")
 MODELS = "smollm2-135m-instruct-base,smollm2-135m-instruct"
@@ -69,13 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-embed", action="store_true", help="skip the MiniLM baseline")
     ap.add_argument("--window-words", type=int, default=64, help="words per retrieval-baseline window")
     g = ap.add_argument_group("sizes (defaults: quick or --full)")
-    g.add_argument("--contracts", type=int, help="held-out CUAD contracts")
-    g.add_argument("--contract-chars", help="lo,hi characters of a contract (longer ones are cut to hi if too few fit)")
-    g.add_argument("--present", type=int, help="answerable questions per contract")
-    g.add_argument("--absent", type=int, help="questions without a clause per contract")
-    g.add_argument("--meetings", type=int, help="held-out QMSum meetings")
-    g.add_argument("--meeting-chars", help="lo,hi characters of a transcript (longer ones are cut to hi if too few fit)")
-    g.add_argument("--queries", type=int, help="specific queries per meeting")
+    add_document_args(g)  # --contracts --contract-chars --present --absent --meetings --meeting-chars --queries
     g.add_argument("--babi-lengths", help="babilong prompt lengths in tokens, comma-separated")
     g.add_argument("--babi-tasks", help="bAbI tasks, comma-separated (1, 2, 3)")
     g.add_argument("--babi-cells", help="task@length pairs instead of tasks x lengths, e.g. qa1@32768,qa2@4096 "
@@ -252,7 +247,6 @@ def _ready(exs: list) -> tuple:
 
 
 def contract_groups(rows: list[dict], a) -> list[tuple]:
-    from bench.evaluate import choose, parse_range
     from bench.sft_tasks import contract_examples
 
     lo, hi = parse_range(a.contract_chars)
@@ -267,7 +261,6 @@ def contract_groups(rows: list[dict], a) -> list[tuple]:
 
 
 def meeting_groups(rows: list[dict], a) -> list[tuple]:
-    from bench.evaluate import choose, meeting_chars, parse_range, turns_within
     from bench.sft_tasks import meeting_examples
 
     lo, hi = parse_range(a.meeting_chars)

@@ -66,13 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--needle-lengths", help="prompt lengths in tokens, comma-separated")
     g.add_argument("--depths", help="needle depths in [0, 1], comma-separated")
     g.add_argument("--needle-tokens", type=int, help="max new tokens for needle answers")
-    g.add_argument("--contracts", type=int, help="number of contracts")
-    g.add_argument("--contract-chars", help="lo,hi characters of a contract (longer ones are cut to hi if needed)")
-    g.add_argument("--present", type=int, help="answerable questions per contract (default all)")
-    g.add_argument("--absent", type=int, help="questions without a clause per contract (default all)")
-    g.add_argument("--meetings", type=int, help="number of meetings")
-    g.add_argument("--meeting-chars", help="lo,hi characters of a transcript (longer ones are cut)")
-    g.add_argument("--queries", type=int, help="specific queries per meeting (default all)")
+    add_document_args(g)
     g.add_argument("--max-new-tokens", type=int, help="max new tokens per answer")
     g.add_argument("--faith-questions", type=int, help="answers tested for faithfulness")
     g.add_argument("--faith-k", type=int, help="top spans removed")
@@ -84,6 +78,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(a, k) is None:
             setattr(a, k, v)
     return a
+
+
+def add_document_args(g) -> None:
+    """Which contracts and meetings, and how many questions (shared with bench.eval_grounded)."""
+    g.add_argument("--contracts", type=int, help="number of contracts")
+    g.add_argument("--contract-chars", help="lo,hi characters of a contract (longer ones are cut to hi if too few fit)")
+    g.add_argument("--present", type=int, help="answerable questions per contract (preset None: all)")
+    g.add_argument("--absent", type=int, help="questions without a clause per contract (preset None: all)")
+    g.add_argument("--meetings", type=int, help="number of meetings")
+    g.add_argument("--meeting-chars", help="lo,hi characters of a transcript (longer ones are cut to hi if too few fit)")
+    g.add_argument("--queries", type=int, help="specific queries per meeting (preset None: all)")
 
 
 def parse_range(s: str) -> tuple[int, int]:
