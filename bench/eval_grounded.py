@@ -6,20 +6,13 @@ prompts/system.txt (parsed and verified by docreader.quotes), tables side by sid
     DOCREADER_DEVICE=cuda python -m bench.eval_grounded --full
     python -m bench.eval_grounded --report bench/results/grounded-<date>.json
 
-Parts (--only), all built by bench.sft_tasks (the generators the SFT data comes from) from held-out
-documents only (bench.eval_data.held_out(name, 10)) and bAbI stories of split "eval":
+Parts (--only): contracts (CUAD), meetings (QMSum specific queries), babilong (bAbI facts spread through
+book text); questions from bench.sft_tasks (the fine-tuning data's generators) on held-out documents only
+(bench.eval_data.held_out) and bAbI stories of split "eval". Metrics and targets: bench/README.md.
 
-- contracts (CUAD): a verified quote overlaps the gold clause (and the stricter: >= 50% of its characters
-  in gold); "The document does not say." on absent and on answerable clauses; share of quotes that verify;
-  gold clause in the top-3 DSA spans vs BM25 / MiniLM windows (bench.eval_qa.add_baselines).
-- meetings (QMSum specific queries): token-F1 of the parsed short answer vs the reference; tuned/base ratio.
-- babilong: bAbI facts spread through held-out book text at each --babi-lengths (prompt fits in that many
-  tokens); accuracy = the gold word in the parsed answer; quotes hitting the supporting facts.
-
-All questions of one document are asked consecutively per model (Reader's prefix cache prefills it once).
-Documents are asked model by model before the next document starts, so a --time-budget cut leaves every
-model with the same documents (the budget is shared by the parts in order; what is left is skipped and
-counted). Progress goes to stderr, tables to stdout, everything to --out (rewritten after every document).
+All questions of one document are asked consecutively, model after model, before the next document (the
+prefix cache prefills it once per model; a --time-budget cut leaves every model the same documents).
+Progress goes to stderr, tables to stdout, everything to --out (rewritten after every document).
 """
 
 from __future__ import annotations
@@ -130,10 +123,6 @@ def cell_order(c: str) -> tuple[str, int]:
     return task, int(n)
 
 
-def _asked(recs: list[dict], model: str) -> list[dict]:
-    return [r["by_model"][model] for r in recs if model in r["by_model"] and "skipped" not in r["by_model"][model]]
-
-
 def quote_stats(rows: list[dict]) -> dict:
     n = sum(len(r["quotes"]) for r in rows)
     return {"quotes": n, "quotes_verified": sum(q["verified"] for r in rows for q in r["quotes"]) / n if n else None,
@@ -147,30 +136,28 @@ def cost_stats(rows: list[dict]) -> dict:
 
 
 def summarize(part: str, recs: list[dict], model: str) -> dict:
-    rows = _asked(recs, model)
-    s = {"asked": len(rows), "skipped": sum(1 for r in recs if "skipped" in r["by_model"].get(model, {})),
-         **quote_stats(rows), **cost_stats(rows)}
-    with_gold = [r for r in recs if r["gold"] and model in r["by_model"] and "skipped" not in r["by_model"][model]]
-    s["quote_hit"] = M.mean(r["by_model"][model]["quote_hit"] for r in with_gold)
-    s["quote_hit_strict"] = M.mean(r["by_model"][model]["quote_hit_strict"] for r in with_gold)
+    """One model's metrics over a part's records (questions it skipped as too long are left out)."""
+    done = [r for r in recs if "skipped" not in r["by_model"].get(model, {"skipped": "not asked"})]
+    rows = [r["by_model"][model] for r in done]
+    with_gold = [r["by_model"][model] for r in done if r["gold"]]
+    s = {"asked": len(rows), "skipped": len(recs) - len(done), **quote_stats(rows), **cost_stats(rows),
+         "quote_hit": M.mean(x["quote_hit"] for x in with_gold),
+         "quote_hit_strict": M.mean(x["quote_hit_strict"] for x in with_gold)}
     if part == "contracts":
-        absent = [r for r in recs if r["absent"] and model in r["by_model"] and "skipped" not in r["by_model"][model]]
-        s.update(n_present=len(with_gold), n_absent=len(absent),
-                 absent_said_absent=M.mean(r["by_model"][model]["absent_said"] for r in absent),
-                 absent_said_present=M.mean(r["by_model"][model]["absent_said"] for r in with_gold),
-                 dsa_hit3=M.mean(r["by_model"][model]["dsa_hit@3"] for r in with_gold))
+        absent = [r["by_model"][model] for r in done if r["absent"]]
+        s.update(n_present=len(with_gold), n_absent=len(absent), dsa_hit3=M.mean(x["dsa_hit@3"] for x in with_gold),
+                 absent_said_absent=M.mean(x["absent_said"] for x in absent),
+                 absent_said_present=M.mean(x["absent_said"] for x in with_gold))
         for kind in ("bm25", "embed"):
-            s[f"{kind}_hit3"] = M.mean(r["baselines"][kind]["hit@3"] for r in with_gold if kind in r.get("baselines", {}))
+            s[f"{kind}_hit3"] = M.mean(r["baselines"][kind]["hit@3"] for r in done
+                                       if r["gold"] and kind in r.get("baselines", {}))
     elif part == "meetings":
-        s["f1"] = M.mean(r["f1"] for r in rows)
+        s["f1"] = M.mean(x["f1"] for x in rows)
     elif part == "babilong":
-        cells = {}
-        for r in recs:
-            c = r["meta"]["cell"]
-            if model in r["by_model"]:
-                cells.setdefault(c, []).append(r)
-        s["cells"] = {c: summarize("cell", cells[c], model) | {"acc": M.mean(x["correct"] for x in _asked(cells[c], model))}
-                      for c in sorted(cells, key=cell_order)}
+        cells = sorted({r["meta"]["cell"] for r in recs}, key=cell_order)
+        s["cells"] = {c: summarize("cell", [r for r in recs if r["meta"]["cell"] == c], model) for c in cells}
+    elif part == "cell":
+        s["acc"] = M.mean(x["correct"] for x in rows)
     return s
 
 
@@ -314,21 +301,20 @@ def babilong_groups(a, tokenizer) -> list[tuple]:
 
 # --- tables -----------------------------------------------------------------------------------------------
 
+# (summary key, label[, "<=" or ">=", target])
 CONTRACT_ROWS = [("quote_hit", "verified quote overlaps gold clause (answerable)", ">=", 0.60),
-                 ("quote_hit_strict", "verified quote ≥ 50% inside gold (answerable)", None, None),
+                 ("quote_hit_strict", "verified quote ≥ 50% inside gold (answerable)"),
                  ("absent_said_absent", "\"does not say\" when the clause is absent", ">=", 0.80),
                  ("absent_said_present", "\"does not say\" when the clause is there", "<=", 0.10),
                  ("quotes_verified", "quotes that verify (all questions)", ">=", 0.95),
                  ("dsa_hit3", "gold clause in DSA top-3 spans", ">=", 0.75),
-                 ("bm25_hit3", "gold clause in BM25 top-3 windows (baseline)", None, None),
-                 ("embed_hit3", "gold clause in MiniLM top-3 windows (baseline)", None, None)]
-MEETING_ROWS = [("f1", "answer token-F1 vs reference", None, None),
-                ("quote_hit", "verified quote overlaps gold turns", None, None),
-                ("quotes_verified", "quotes that verify", None, None)]
-COMMON_ROWS = [("with_quote", "answers with a quote", None, None), ("quotes", "quotes given", None, None),
-               ("asked", "questions asked", None, None), ("skipped", "skipped (too long for the model)", None, None),
-               ("wall_s", "seconds asking", None, None), ("prefill_s", "prefill s", None, None),
-               ("decode_s", "decode s", None, None), ("new_tokens", "new tokens", None, None)]
+                 ("bm25_hit3", "gold clause in BM25 top-3 windows (baseline)"),
+                 ("embed_hit3", "gold clause in MiniLM top-3 windows (baseline)")]
+MEETING_ROWS = [("f1", "answer token-F1 vs reference"), ("quote_hit", "verified quote overlaps gold turns"),
+                ("quotes_verified", "quotes that verify")]
+COMMON_ROWS = [("with_quote", "answers with a quote"), ("quotes", "quotes given"), ("asked", "questions asked"),
+               ("skipped", "skipped (too long for the model)"), ("wall_s", "seconds asking"),
+               ("prefill_s", "prefill s"), ("decode_s", "decode s"), ("new_tokens", "new tokens")]
 
 
 def meets(v, op, target) -> bool | None:
@@ -344,8 +330,10 @@ def cell(v, op=None, target=None) -> str:
 
 def metric_table(by_model: dict, rows: list) -> str:
     models = list(by_model)
-    body = [[label, f"{op} {target:.2f}" if op else ""] + [cell(by_model[m].get(k), op, target) for m in models]
-            for k, label, op, target in rows]
+    body = []
+    for k, label, *goal in rows:
+        op, target = goal or (None, None)
+        body.append([label, f"{op} {target:.2f}" if op else ""] + [cell(by_model[m].get(k), op, target) for m in models])
     return table(["metric", "target"] + models, body)
 
 
@@ -363,20 +351,17 @@ def render_part(part: str, p: dict) -> str:
             r = s[models[-1]]["f1"] / s[models[0]]["f1"]
             out.append(f"F1 ratio {models[-1]} / {models[0]}: {r:.2f} (target ≥ 1.5: {'met' if r >= 1.5 else 'missed'})")
         return "\n\n".join(out)
-    rows, flat = [], {m: {} for m in s}
+    rows, flat = [], {m: dict(s[m]) for m in s}
     for c in sorted({c for m in s for c in s[m]["cells"]}, key=cell_order):
         task, n = c.split("|")
-        target = BABI_TARGETS.get((int(task[2:]), int(n)))
-        rows += [(f"{c}|acc", f"{task} @ {int(n):,} tokens: accuracy", ">=" if target else None, target),
-                 (f"{c}|quote_hit", f"{task} @ {int(n):,}: verified quote on a supporting fact", None, None),
-                 (f"{c}|quotes_verified", f"{task} @ {int(n):,}: quotes that verify", None, None),
-                 (f"{c}|asked", f"{task} @ {int(n):,}: asked (skipped)", None, None)]
+        name, target = f"{task} @ {int(n):,} tokens", BABI_TARGETS.get((int(task[2:]), int(n)))
+        rows += [(f"{c}|acc", f"{name}: accuracy", ">=" if target else None, target),
+                 (f"{c}|quote_hit", f"{name}: verified quote on a supporting fact"),
+                 (f"{c}|quotes_verified", f"{name}: quotes that verify"), (f"{c}|asked", f"{name}: asked (skipped)")]
         for m in s:
             v = s[m]["cells"].get(c, {})
             flat[m].update({f"{c}|{k}": v.get(k) for k in ("acc", "quote_hit", "quotes_verified")})
             flat[m][f"{c}|asked"] = f"{v.get('asked', 0)} ({v.get('skipped', 0)})"
-    for m in s:
-        flat[m].update({k: s[m].get(k) for k, *_ in COMMON_ROWS[4:]})
     return "\n\n".join([head, metric_table(flat, rows + COMMON_ROWS[4:])])
 
 
