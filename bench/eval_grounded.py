@@ -44,7 +44,7 @@ QUICK = dict(contracts=2, contract_chars="2000,4500", present=2, absent=1, meeti
 FULL = dict(contracts=12, contract_chars="3000,60000", present=4, absent=3, meetings=8, meeting_chars="4000,90000",
             queries=3, babi_lengths="32768,131072", babi_tasks="1,2", babi_n=15,
             babi_cells="qa1@32768,qa1@131072,qa2@32768", contract_tokens=64,
-            meeting_tokens=96, babi_tokens=40, time_budget=330)
+            meeting_tokens=96, babi_tokens=40, time_budget=270)
 BABI_TARGETS = {(1, 32768): 0.90, (1, 131072): 0.80, (2, 32768): 0.60}
 PROMPT_ROOM = 320  # babilong: tokens of system prompt, template and question kept free of the length (plus the answer)
 

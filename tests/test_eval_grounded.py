@@ -271,11 +271,13 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 @pytest.mark.integration
 @pytest.mark.skipif(not (DATA / "cuad").is_dir(), reason="no ../shared/data")
 def test_smoke_one_contract_question(model_home, tmp_path, capsys):
-    pytest.importorskip("bench.sft_tasks")
+    """Both default models answer one held-out contract question through Reader.ask (6 new tokens)."""
     out = tmp_path / "g.json"
-    assert G.main(["--only", "contracts", "--contracts", "1", "--present", "1", "--absent", "0", "--no-embed",
-                   "--max-new-tokens", "6", "--contract-chars", "1000,4000", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
-    c = res["parts"]["contracts"]
+    assert G.main(["--only", "contracts", "--data", str(DATA / "cuad"), "--contracts", "1", "--present", "1",
+                   "--absent", "0", "--no-embed", "--max-new-tokens", "6", "--contract-chars", "1000,4000",
+                   "--out", str(out)]) == 0
+    c = json.loads(out.read_text())["parts"]["contracts"]
     assert c["items"] == 1 and set(c["summary"]) == {"smollm2-135m-instruct-base", "smollm2-135m-instruct"}
+    for v in c["records"][0]["by_model"].values():
+        assert v["text"] and v["quote_hit"] in (True, False) and v["cost"]["new_tokens"] <= 6
     assert "#### contracts" in capsys.readouterr().out
