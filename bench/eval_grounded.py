@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--babi-tokens", type=int, help="max new tokens of a babilong answer")
     g.add_argument("--time-budget", type=float, help="seconds of asking, shared by the parts in order (quick: none)")
     a = ap.parse_args(argv)
+    if set(a.only.split(",")) - set(PARTS):
+        ap.error(f"--only takes {','.join(PARTS)} (got {a.only})")
     if (a.babi_tasks or a.babi_lengths) and a.babi_cells is None:
         a.babi_cells = ""  # the product of the given tasks and lengths
     for k, v in (FULL if a.full else QUICK).items():
@@ -323,9 +325,9 @@ def meets(v, op, target) -> bool | None:
     return v >= target if op == ">=" else v <= target
 
 
-def cell(v, op=None, target=None) -> str:
+def cell(v, op=None, target=None, digits: int = 3) -> str:
     ok = meets(v, op, target)
-    return fmt(v) + ("" if ok is None else " ✓" if ok else " ✗")
+    return fmt(v, digits) + ("" if ok is None else " ✓" if ok else " ✗")
 
 
 def metric_table(by_model: dict, rows: list) -> str:
@@ -333,7 +335,9 @@ def metric_table(by_model: dict, rows: list) -> str:
     body = []
     for k, label, *goal in rows:
         op, target = goal or (None, None)
-        body.append([label, f"{op} {target:.2f}" if op else ""] + [cell(by_model[m].get(k), op, target) for m in models])
+        digits = 1 if k.endswith("_s") else 3  # seconds to a tenth
+        body.append([label, f"{op} {target:.2f}" if op else ""]
+                    + [cell(by_model[m].get(k), op, target, digits) for m in models])
     return table(["metric", "target"] + models, body)
 
 
@@ -391,7 +395,7 @@ def run(a) -> dict:
 
     t_start = time.perf_counter()
     torch.manual_seed(a.seed)
-    parts = [p for p in PARTS if p in {x.strip() for x in a.only.split(",")}]
+    parts = [p for p in PARTS if p in a.only.split(",")]
     out_path = Path(a.out) if a.out else ROOT / "bench" / "results" / f"grounded-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in a.models.split(",") if m.strip()]
@@ -400,7 +404,7 @@ def run(a) -> dict:
                 "window": r.lm.context_window} for m, r in readers.items()}
     settings = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mode": "full" if a.full else "quick",
                 "models": models, "model_info": info, "args": {k: v for k, v in vars(a).items() if k != "argv"},
-                "command": "python -m bench.eval_grounded " + shlex.join(a.argv), "describe": describe(a),
+                "command": f"python -m bench.eval_grounded {shlex.join(a.argv)}".strip(), "describe": describe(a),
                 "torch_threads": torch.get_num_threads()}
     result = {"settings": settings, "parts": {}}
 

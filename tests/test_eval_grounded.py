@@ -128,10 +128,10 @@ def test_babilong_accuracy():
     assert not G.babi_correct("The document does not say.", ["hallway"])
 
 
-def _row(verified_hit, absent_said, n_quotes=1, n_verified=1, dsa=False, correct=None, f1=None):
+def _row(verified_hit, absent_said, n_quotes=1, n_verified=1, dsa=False, correct=None, f1=None, strict=None):
     qs = [{"verified": i < n_verified, "in_gold": 1.0} for i in range(n_quotes)]
     r = {"answer": "x", "absent_said": absent_said, "quotes": qs, "quote_hit": verified_hit,
-         "quote_hit_strict": verified_hit, "dsa_hit@3": dsa,
+         "quote_hit_strict": verified_hit if strict is None else strict, "dsa_hit@3": dsa,
          "cost": {"wall_s": 1.0, "prefill_s": 0.5, "decode_s": 0.5, "new_tokens": 10}}
     if correct is not None:
         r["correct"] = correct
@@ -148,15 +148,15 @@ def _rec(rows: dict, gold=True, cell=None, bm25=None):
 
 
 def test_contract_summary():
-    recs = [_rec({"m": _row(True, False, dsa=True)}, bm25=True),
+    recs = [_rec({"m": _row(True, False, dsa=True, strict=False)}, bm25=True),
             _rec({"m": _row(False, True, n_quotes=2, n_verified=1)}, bm25=False),
-            _rec({"m": _row(None, True, n_quotes=0)}, gold=False),
+            _rec({"m": _row(None, True, n_quotes=0)}, gold=False, bm25=True),  # absent: no provenance score
             _rec({"m": _row(None, True, n_quotes=0)}, gold=False),
             _rec({"m": _row(None, False, n_quotes=3, n_verified=0)}, gold=False),
             _rec({"m": {"skipped": "too long"}})]
     s = G.summarize("contracts", recs, "m")
     assert (s["asked"], s["skipped"], s["n_present"], s["n_absent"]) == (5, 1, 2, 3)
-    assert s["quote_hit"] == pytest.approx(0.5)
+    assert s["quote_hit"] == pytest.approx(0.5) and s["quote_hit_strict"] == 0.0
     assert s["absent_said_absent"] == pytest.approx(2 / 3)
     assert s["absent_said_present"] == pytest.approx(0.5)
     assert s["quotes"] == 6 and s["quotes_verified"] == pytest.approx(2 / 6)
@@ -217,6 +217,9 @@ def test_presets_and_overrides():
     assert (f.contracts, f.present, f.absent, f.meetings, f.queries) == (12, 4, 3, 8, 3)
     assert f.babi_n == 3 and f.contract_tokens == f.meeting_tokens == f.babi_tokens == 7
     assert f.argv == ["--full", "--max-new-tokens", "7", "--babi-n", "3"]
+    assert G.parse_args(["--only", "babilong,contracts"]).only == "babilong,contracts"
+    with pytest.raises(SystemExit):
+        G.parse_args(["--only", "contracts,needle"])
 
 
 def test_babi_cells():
