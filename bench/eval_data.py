@@ -156,6 +156,8 @@ def contract_questions(row: dict, kept_chars: int, n_present: int | None, n_abse
 
 def _spread(items: list, n: int) -> list:
     """n items spread evenly over the list (so a quick run does not only see the first categories)."""
+    if n <= 0:
+        return []
     if n >= len(items):
         return items
     return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)] if n > 1 else items[:1]

@@ -55,6 +55,7 @@ def test_contract_questions_cut_keeps_only_gold_inside():
     assert [q["category"] for q in qs] == ["Governing Law", "Audit"]  # "Late" lies beyond the cut
     assert qs[0]["gold"] == [(15, 23)] and doc.text[15:23] == "Delaware"
     assert qs[1]["gold"] == []
+    assert [q["category"] for q in D.contract_questions(CONTRACT, kept, 1, 0)] == ["Governing Law"]  # 0 means none
 
 
 def test_meeting_gold_turns_map_to_message_regions():
