@@ -173,6 +173,15 @@ def _at_word_edges(f: _Folded, a: int, b: int) -> bool:
     return (a == 0 or f.orig[a] - f.orig[a - 1] > 1) and (b == len(f.text) or f.orig[b] - f.orig[b - 1] > 1)
 
 
+def _word_edges(f: _Folded, a: int, b: int) -> tuple[int, int]:
+    """Folded [a, b) widened to whole words of the document."""
+    while a > 0 and f.orig[a] - f.orig[a - 1] <= 1:
+        a -= 1
+    while b < len(f.text) and f.orig[b] - f.orig[b - 1] <= 1:
+        b += 1
+    return a, b
+
+
 def _critical(text: str) -> Counter:
     """Numbers (digit runs) and number words and negations: what must not differ between quote and passage."""
     out: Counter = Counter()
@@ -182,27 +191,22 @@ def _critical(text: str) -> Counter:
     return out
 
 
-def _levenshtein_substring(q: str, w: str) -> tuple[int, int, int]:
-    """The substring w[s:e] closest to q in edit distance -> (distance, s, e); one numpy row per char of q."""
+def _last_row(q: str, w: str, free_start: bool) -> np.ndarray:
+    """Edit distances of q to w[s:j] for every end j: s free (best over starts) or 0; one numpy row per char of q."""
     wa = np.frombuffer(w.encode("utf-32-le"), dtype=np.uint32)
     idx = np.arange(len(w) + 1)
-    row = np.zeros(len(w) + 1, dtype=np.int64)  # a match may start anywhere in w
+    row = np.zeros(len(w) + 1, dtype=np.int64) if free_start else idx.copy()
     for ch in q:
-        diag = row[:-1] + (wa != ord(ch))
-        best = np.minimum(np.concatenate(([row[0] + 1], diag)), row + 1)
+        best = np.minimum(np.concatenate(([row[0] + 1], row[:-1] + (wa != ord(ch)))), row + 1)
         row = np.minimum.accumulate(best - idx) + idx  # insertions along the row
-    e = int(row.argmin())
-    # the start: the same alignment anchored at e, read backwards (the start is where its cost is lowest)
-    rq, rw = q[::-1], w[:e][::-1]
-    ra = np.frombuffer(rw.encode("utf-32-le"), dtype=np.uint32)
-    ridx = np.arange(len(rw) + 1)
-    row = ridx.copy()  # anchored: skipping characters of w before the end costs
-    for ch in rq:
-        diag = row[:-1] + (ra != ord(ch))
-        best = np.minimum(np.concatenate(([row[0] + 1], diag)), row + 1)
-        row = np.minimum.accumulate(best - ridx) + ridx
-    back = int(row.argmin())
-    return int(row[back]), e - back, e
+    return row
+
+
+def _closest_substring(q: str, w: str) -> tuple[int, int]:
+    """The substring w[s:e] closest to q in edit distance: its end, then its start (the same alignment read
+    backwards from that end)."""
+    e = int(_last_row(q, w, True).argmin())
+    return e - int(_last_row(q[::-1], w[:e][::-1], False).argmin()), e
 
 
 def _fuzzy(f: _Folded, q: str, lo: int, hi: int) -> tuple[float, int, int] | None:
@@ -224,10 +228,11 @@ def _fuzzy(f: _Folded, q: str, lo: int, hi: int) -> tuple[float, int, int] | Non
     best: tuple[float, int, int] | None = None
     for bucket, _ in votes.most_common(3):
         ws, we = max(lo, bucket * slack - slack), min(hi, bucket * slack + len(q) + 2 * slack)
-        dist, s, e = _levenshtein_substring(q, f.text[ws:we])
-        score = 100.0 * (1 - dist / max(len(q), e - s, 1))
+        s, e = _closest_substring(q, f.text[ws:we])
+        a, b = _word_edges(f, ws + s, ws + e)  # whole words: "Nevada" is not "Delawa(re)"
+        score = 100.0 * (1 - int(_last_row(q, f.text[a:b], False)[-1]) / max(len(q), b - a, 1))
         if best is None or score > best[0]:
-            best = (score, ws + s, ws + e)
+            best = (score, a, b)
     return best
 
 
