@@ -12,6 +12,8 @@ import statistics
 from collections import Counter
 from typing import Iterable, Sequence
 
+from docreader.quotes import says_absent  # noqa: F401  (one heuristic, shared with the answers' parser)
+
 Range = tuple[int, int]
 
 
@@ -86,24 +88,6 @@ def token_f1(prediction: str, reference: str) -> float:
 
 def best_f1(prediction: str, references: Sequence[str]) -> float:
     return max((token_f1(prediction, r) for r in references), default=0.0)
-
-
-_ABSENT = re.compile(
-    r"\b(does not|doesn't|do not|don't|did not|didn't|is not|isn't|are not|aren't|was not|wasn't|cannot|can't)"
-    r"\s+(say|state|mention|specify|contain|include|provide|have|address|describe|discuss|appear|exist|"
-    r"indicate|cover|reference|refer|list|define|tell|give)\w*"
-    r"|\bnot\s+(mentioned|specified|stated|provided|included|addressed|found|available|given|present|"
-    r"applicable|defined|covered|described|discussed|clear|indicated|listed)"
-    r"|\bno\s+(such|mention|information|clause|provision|reference|specific|details?|indication|"
-    r"explicit|relevant)\b"
-    r"|\bthere\s+(is|are)\s+no\b|\bnone\b|\bn/a\b|\bunable to (find|determine|locate)\b"
-    r"|\bi (could not|couldn't|cannot|can't) find\b",
-    re.I)
-
-
-def says_absent(answer: str) -> bool:
-    """Heuristic: the answer states that the document does not contain the asked-for thing."""
-    return bool(_ABSENT.search(answer or ""))
 
 
 def absent_scores(pairs: Sequence[tuple[bool, bool]]) -> dict:

@@ -57,6 +57,7 @@ class Builder:
         self.irc = sorted(p for p in (data / "irc").glob("*.raw.txt") if not D.held_out(p.name.split(".")[0]))
         self.cpt = S.chars_for(tok, self.books, 1000) / 1000  # characters per token of book text
         self.used: set[str] = set()
+        self.rng_fill = random.Random(f"{seed}-fill")
 
     # -- one conversation -> token ids + supervised mask ------------------------------------------------
 
@@ -78,6 +79,8 @@ class Builder:
     # -- sources: each returns conversations (lists of Examples about one document) of <= ~L tokens ------
 
     def contract(self, L: int, rng: random.Random) -> list[list[S.Example]]:
+        if not self.contracts:
+            return []
         row = rng.choice(self.contracts)
         max_chars = int((L - 600) * 3.9)  # contracts tokenise at ~4.3 chars a token; render() checks the real size
         exs = S.contract_examples(row, rng, 3, 2, max_chars=max_chars)
@@ -85,6 +88,8 @@ class Builder:
         return self._conversations(exs, rng)
 
     def meeting(self, L: int, rng: random.Random) -> list[list[S.Example]]:
+        if not self.meetings:
+            return []
         row = rng.choice(self.meetings)
         n_turns = len(row["transcript"])
         chars = sum(len(t.get("content") or "") + 20 for t in row["transcript"])
@@ -96,10 +101,15 @@ class Builder:
     def babi(self, L: int, rng: random.Random) -> list[list[S.Example]]:
         task = rng.choices(list(BABI_TASKS), weights=list(BABI_TASKS.values()))[0]
         story = rng.choice(self.stories[task])
-        return [[S.babilong_example(story, self.books, int((L - 400) * self.cpt), rng, f"babi-{L}")]]
+        return [[S.babilong_example(story, self.books, self._chars(L), rng, f"babi-{L}")]]
 
     def needle(self, L: int, rng: random.Random) -> list[list[S.Example]]:
-        return [[S.needle_example(self.books, int((L - 400) * self.cpt), rng, f"needle-{L}")]]
+        return [[S.needle_example(self.books, self._chars(L), rng, f"needle-{L}")]]
+
+    def _chars(self, L: int) -> int:
+        """Haystack characters for an L-token window: books tokenise unevenly, so aim at 60-95% of it and
+        pad (a window that still overflows is dropped)."""
+        return int((L - 400) * self.cpt * self.rng_fill.uniform(0.6, 0.95))
 
     def irc_log(self, L: int, rng: random.Random) -> list[list[S.Example]]:
         exs = S.irc_examples(rng.choice(self.irc), rng, 3) if self.irc else []

@@ -16,6 +16,7 @@ import typer
 from . import models as models_mod
 from . import store
 from .errors import DocreaderError
+from .quotes import quote_line
 from .terminal import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -148,6 +149,14 @@ def _print_spans(spans: list[dict], limit: int, mode: str = "sparse", quote_char
         say(f"  {s['rank']:>2}. [{s['label']}] score {s['score']:.4f}  \"{text}\"")
 
 
+QUOTES_HEADER = "Quotes (what the answer used; only verified ones are citations):"
+
+
+def _print_quotes(quotes: list[dict]) -> None:
+    for q in quotes:
+        say(quote_line(q))
+
+
 # Options shared by ask and chat
 ModelOpt = typer.Option(None, "--model", "-m", help="smollm2-135m-instruct (default, with its long-context delta), smollm2-135m-instruct-base (without), a local HF model dir (Llama/Qwen2/Qwen3/Mistral) or hf:ORG/NAME.")
 TopK = typer.Option(None, "--top-k", help="DSA: tokens each query keeps by indexer score (default from the model's DSA config).")
@@ -170,7 +179,8 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
         sink_tokens: Optional[int] = Sink, dense: bool = Dense, format: Optional[str] = Fmt,
         password: Optional[str] = Pwd, spans: int = SpansOpt,
         no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer.")):
-    """Answer QUESTION from the whole of FILE, streaming, then show the selected source spans."""
+    """Answer QUESTION from the whole of FILE, streaming, then show the passages it quotes (checked against
+    the document) and the selected source spans."""
     if not question.strip():
         raise DocreaderError("the question is empty", path=file)
     overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
@@ -188,6 +198,7 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     say("")
+    _print_quotes(out["quotes"])
     _print_spans(out["spans"], spans, ans.mode)
     say(_provenance_line(out["provenance"]))
     t = out["timings"]
@@ -248,6 +259,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         if ans.dropped_turns:
             say(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "
                 f"were left out of the context)")
+        _print_quotes(ans.to_json()["quotes"])
         _print_spans(ans.to_json()["spans"], spans, ans.mode)
         history.append((q, ans.text))
 
@@ -256,7 +268,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
 @friendly
 def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreader log`."),
           json_out: bool = typer.Option(False, "--json"), spans: int = typer.Option(20, "--spans")):
-    """Show an answer again with its selected source spans and the quoted source text."""
+    """Show an answer again with its quotes (verified or not) and its selected source spans, quoted."""
     _in_range("--spans", spans, 0)
     db = store.open_db()
     row = store.get_answer(db, answer_id)
@@ -267,12 +279,18 @@ def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreade
            "dsa": json.loads(row["dsa"]), "document": {"path": doc["path"], "sha256": doc["id"]},
            "provenance": json.loads(row["provenance"]) if row.get("provenance") else None,
            "spans": [{"rank": s["rank"], "score": s["score"], "text": text[s["char_start"]:s["char_end"]],
-                      **json.loads(s["location"])} for s in row["spans"]]}
+                      **json.loads(s["location"])} for s in row["spans"]],
+           "quotes": row["quotes"]}
     if json_out:
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     say(f"Answer #{out['id']} · {out['created']} · {out['model']} ({out['mode']} attention)\n"
         f"Document: {doc['path']}\nQ: {out['question']}\nA: {out['answer']}")
+    say("\n" + QUOTES_HEADER)
+    for q in out["quotes"]:
+        say(f"  {quote_line(q)}")
+    if not out["quotes"]:
+        say("  (none: the answer quotes nothing)")
     say("\n" + SPAN_HEADERS.get(out["mode"], SPAN_HEADERS["sparse"]))
     say(_provenance_line(out["provenance"]))
     for s in out["spans"][:spans]:
@@ -296,7 +314,9 @@ def log_cmd(n: int = typer.Option(10, "-n", "--count", help="How many answers.")
     for r in rows:
         a = " ".join((r["answer"] or "").split())
         say(f"#{r['id']:<4} {r['created']}  {r['model']} ({r['mode']})  {r['document_path']}\n"
-                   f"      Q: {r['question']}\n      A: {a[:120]}{'…' if len(a) > 120 else ''}")
+                   f"      Q: {r['question']}\n      A: {a[:120]}{'…' if len(a) > 120 else ''}\n"
+                   f"      quotes: {r['quotes_verified']} verified, {r['quotes_unverified']} unverified · "
+                   f"selected spans: {r['spans']} (what the sparse attention read; not proof of use)")
 
 
 @app.command("documents")

@@ -23,6 +23,7 @@ from .generate import Progress, generate, kv_dtype
 from .loaders import load as load_document
 from .prompt import Prompt, build, tokenize_document
 from .provenance import SelectionAccumulator, Span, record_ranges, spans_from_weights
+from .quotes import Quote, parse, verify_all
 
 _MODELS: dict[tuple, models.LoadedModel] = {}  # one load per (model, knobs) per process
 FOLLOW_UP_TOKENS = 2048  # room a document's cache keeps past the first prompt for later turns (else one copy)
@@ -59,6 +60,9 @@ class Answer:
     id: int | None = None  # the answer's row in the log (None when not logged)
     session_id: str | None = None
     provenance: dict = field(default_factory=dict)  # what produced the spans: `models.provenance_info`
+    quotes: list[Quote] = field(default_factory=list)  # the passages the answer quotes, checked against the document
+    answer_text: str = ""  # the short answer after `Answer:` (the whole text when the model did not use the format)
+    absent: bool = False  # the answer says the document does not say
 
     def to_json(self) -> dict:
         return {"id": self.id, "session_id": self.session_id, "question": self.question, "answer": self.text,
@@ -70,7 +74,9 @@ class Answer:
                 "rope_factor": self.rope_factor, "native_window": self.native_window, "timings": self.timings,
                 "provenance": self.provenance,
                 "spans": [{"rank": s.rank, "score": round(s.score, 6), "text": s.text, **s.location}
-                          for s in self.spans]}
+                          for s in self.spans],
+                "short_answer": self.answer_text, "absent": self.absent,
+                "quotes": [q.to_json() for q in self.quotes]}
 
 
 class Reader:
@@ -159,6 +165,8 @@ class Reader:
                      session_id=session_id,
                      provenance=models.provenance_info(lm, mode, paths, self.weighting)
                      | {"undecodable_pages": document.meta.get("undecodable_pages", [])})
+        parsed = parse(gen.text)
+        ans.quotes, ans.answer_text, ans.absent = verify_all(parsed.quotes, document), parsed.answer, parsed.absent
         if log:
             ans.id = self.save(ans)
         return ans
@@ -175,9 +183,14 @@ class Reader:
         spans = [{"rank": s.rank, "char_start": s.char_start, "char_end": s.char_end, "page": s.location.get("page"),
                   "label": s.location.get("label", ""), "score": s.score, "location": json.dumps(s.location)}
                  for s in ans.spans]
+        quotes = [{"rank": rank, "text": q.text, "verified": q.verified, "char_start": q.char_start,
+                   "char_end": q.char_end, "score": q.score, "page": q.location.get("page"),
+                   "label": q.location.get("label", ""), "location": json.dumps(q.location)}
+                  for rank, q in enumerate(ans.quotes, 1)]
         try:
             db = store.open_db(self.db_path)
-            return store.save_answer(db, ans.document, row, spans, session_model=self.spec or models.DEFAULT_MODEL)
+            return store.save_answer(db, ans.document, row, spans, session_model=self.spec or models.DEFAULT_MODEL,
+                                     quotes=quotes)
         except store.LogError as e:  # the answer was generated (and maybe streamed): keep it
             kept = store.keep_unsaved(ans.to_json(), Path(e.path or store.db_path()))
             where = f"the answer is kept in {kept}" if kept else "the answer could not be kept anywhere"

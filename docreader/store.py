@@ -1,7 +1,7 @@
 """The SQLite log at $DOCREADER_HOME/docreader.db, through sqlite-utils.
 
-Foreign keys are on, every write happens in one transaction (an answer and its spans land together or
-not at all), and the schema evolves through numbered migrations recorded in `_migrations`. What the
+Foreign keys are on, every write happens in one transaction (an answer, its spans and quotes land
+together or not at all), and the schema evolves through numbered migrations recorded in `_migrations`. What the
 machine does to the file (another process's lock, a read-only file, a full disk, a damaged or foreign
 file) becomes one `LogError` naming the file; mistakes in our own SQL stay sqlite3 errors.
 """
@@ -28,7 +28,8 @@ from .home import db_path
 
 BUSY_TIMEOUT_S = 10.0  # how long to wait for another process's lock before saying so
 MAX_INTEGER = 2**63 - 1  # SQLite's largest INTEGER (an id or a LIMIT past it overflows)
-TABLES = ("documents", "sessions", "answers", "spans")
+TABLES = {"documents": "m001_initial", "sessions": "m001_initial", "answers": "m001_initial",
+          "spans": "m001_initial", "quotes": "m003_quotes"}  # each table -> the migration that creates it
 _REASONS = {  # sqlite error name -> what it means for the user
     "SQLITE_BUSY": "the log is locked by another process (waited {timeout:g} s)",
     "SQLITE_LOCKED": "the log is locked by another process (waited {timeout:g} s)",
@@ -115,6 +116,17 @@ def m002_provenance(db: sqlite_utils.Database) -> None:
     db.conn.execute('ALTER TABLE "answers" ADD COLUMN "provenance" TEXT')
 
 
+@migration
+def m003_quotes(db: sqlite_utils.Database) -> None:
+    """The passages each answer quotes (`docreader.quotes`), verified against the document or not; char_start,
+    char_end, page and location are NULL for a quote not found. Answers logged before have none."""
+    db.conn.execute('CREATE TABLE "quotes" ("id" INTEGER PRIMARY KEY, '
+                    '"answer_id" INTEGER NOT NULL REFERENCES "answers"("id") ON DELETE CASCADE, "rank" INTEGER, '
+                    '"text" TEXT, "verified" INTEGER, "char_start" INTEGER, "char_end" INTEGER, "score" FLOAT, '
+                    '"page" INTEGER, "label" TEXT, "location" TEXT)')
+    db.conn.execute('CREATE INDEX "idx_quotes_answer_id" ON "quotes" ("answer_id")')
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
@@ -151,9 +163,8 @@ def _prepare(db: Log, write: bool) -> None:
 def _check_tables(db: Log) -> None:
     # the record first: tables land with it, so one seen recorded must be there (another process may be
     # committing them between the two reads)
-    if "m001_initial" not in _applied(db):
-        return
-    missing = [t for t in TABLES if t not in db.table_names()]
+    applied = _applied(db)
+    missing = [t for t, m in TABLES.items() if m in applied and t not in db.table_names()]
     if missing:
         raise LogError(f"the log is damaged: table {', '.join(missing)} missing although its migrations are "
                        f"recorded (move it aside to start a new log)", path=str(db.path))
@@ -220,8 +231,9 @@ def new_session_id() -> str:
 
 
 @guarded
-def save_answer(db: Log, doc: Document, answer: dict, spans: list[dict], session_model: str | None = None) -> int:
-    """Document (once per hash), answer and spans in one transaction; returns the answer id.
+def save_answer(db: Log, doc: Document, answer: dict, spans: list[dict], session_model: str | None = None,
+                quotes: list[dict] = ()) -> int:
+    """Document (once per hash), answer, spans and quotes in one transaction; returns the answer id.
     `session_model`: also create the answer's session (with this model) if it does not exist yet."""
     with transaction(db):
         _insert(db, "documents", _document_row(doc), upsert_pk="id")
@@ -231,6 +243,8 @@ def save_answer(db: Log, doc: Document, answer: dict, spans: list[dict], session
         aid = _insert(db, "answers", {**answer, "document_id": doc.sha256, "created": now()})
         for s in spans:
             _insert(db, "spans", {**s, "answer_id": aid})
+        for q in quotes:
+            _insert(db, "quotes", {**q, "answer_id": aid})
     return aid
 
 
@@ -263,6 +277,9 @@ def get_answer(db: Log, answer_id: int) -> dict:
     except sqlite_utils.db.NotFoundError:
         raise DocreaderError(f"no answer with id {answer_id} (see `docreader log`)")
     row["spans"] = list(db.query("select * from spans where answer_id = ? order by rank", [answer_id]))
+    row["quotes"] = [{"rank": q["rank"], "text": q["text"], "verified": bool(q["verified"]), "char_start": q["char_start"],
+                      "char_end": q["char_end"], "score": q["score"], **json.loads(q["location"] or "{}")}
+                     for q in db.query("select * from quotes where answer_id = ? order by rank", [answer_id])]
     return row
 
 
@@ -275,7 +292,11 @@ def get_document(db: Log, doc_id: str) -> dict:
 def recent_answers(db: Log, n: int = 10, session_id: str | None = None) -> list[dict]:
     where, args = ("where a.session_id = ?", [session_id]) if session_id else ("", [])
     return list(db.query(
-        f"select a.*, d.path as document_path from answers a join documents d on d.id = a.document_id "
+        f"select a.*, d.path as document_path, "
+        f"(select count(*) from quotes q where q.answer_id = a.id and q.verified) as quotes_verified, "
+        f"(select count(*) from quotes q where q.answer_id = a.id and not q.verified) as quotes_unverified, "
+        f"(select count(*) from spans s where s.answer_id = a.id) as spans "
+        f"from answers a join documents d on d.id = a.document_id "
         f"{where} order by a.id desc limit ?", [*args, n]))
 
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import corpus
 from conftest import db_counts
+from test_langchain_support import TINY_DSA, tiny_model_dir, write_contract  # (resolves the real model dir now)
 from docreader import models, store
 from docreader.cli import app
 from docreader.document import Document, Region
@@ -417,3 +418,53 @@ def test_chat_drops_oldest_turns_and_says_so(model_home, irc_file, tokenizer, mo
     assert len(notes) == sum(1 for r in rows if r["dropped_turns"])
     assert {r["document_tokens"] for r in rows} == {rows[0]["document_tokens"]}  # the document is always whole
     assert all(r["prompt_tokens"] + int(NEW) <= window for r in rows)
+
+
+# -- quotes: the answer format on a tiny random model whose generated text is scripted ---------------------------
+
+SCRIPTED = ('Quote: "Either party may end it with ninety (90) days written notice."\n'
+            'Quote: "Either party may end it with sixty (60) days written notice."\n'
+            "Answer: Ninety days.")
+
+
+@pytest.fixture
+def scripted(monkeypatch, tmp_path_factory):
+    """A tiny random Llama (the real generation runs, so spans are real) whose text is replaced by SCRIPTED,
+    streamed as if generated."""
+    from docreader import engine
+    real = engine.generate
+
+    def fake(model, tokenizer, input_ids, max_new_tokens, on_text=None, **kw):
+        gen = real(model, tokenizer, input_ids, max_new_tokens, **kw)
+        if on_text:
+            on_text(SCRIPTED)
+        gen.text = SCRIPTED
+        return gen
+
+    monkeypatch.setattr(engine, "generate", fake)
+    return str(tiny_model_dir(tmp_path_factory.mktemp("models")))
+
+
+def test_ask_shows_logs_and_audits_quotes(home, tmp_path, scripted):
+    path = write_contract(tmp_path / "contract.txt")
+    text = path.read_text()
+    knobs = [a for k, v in TINY_DSA.items() for a in ("--" + k.replace("_", "-"), v)]
+    out = json.loads(run("ask", path, "What notice is needed?", "--json", "--model", scripted, "-n", "4", *knobs).stdout)
+    assert out["answer"] == SCRIPTED and out["short_answer"] == "Ninety days." and out["absent"] is False
+    good, bad = out["quotes"]
+    assert good["verified"] and text[good["char_start"]:good["char_end"]] == good["text"]
+    assert (good["line"], good["label"]) == (4, "line 4")
+    assert (bad["verified"], bad["char_start"], bad["char_end"]) == (False, None, None)
+    assert out["spans"]  # both kinds of provenance, side by side
+    audit = json.loads(run("audit", out["id"], "--json").stdout)
+    assert [(q["text"], q["verified"], q["char_start"]) for q in audit["quotes"]] == [
+        (q["text"], q["verified"], q["char_start"]) for q in out["quotes"]]
+    shown = run("ask", path, "What notice is needed?", "--model", scripted, "-n", "4", *knobs).stdout
+    assert shown.startswith(SCRIPTED)  # the raw text streams first
+    assert f'Quoted from line 4: "{good["text"]}"' in shown
+    assert f'Unverified quote (not found in the document): "{bad["text"]}"' in shown
+    assert shown.index("Quoted from") < shown.index("Selected source spans")
+    audited = run("audit", out["id"]).stdout
+    assert "Quotes (what the answer used; only verified ones are citations):" in audited
+    assert "Quoted from line 4:" in audited and "Unverified quote" in audited and "not proof of use" in audited
+    assert "quotes: 1 verified, 1 unverified · selected spans:" in run("log", "-n", "1").stdout

@@ -97,6 +97,9 @@ def test_invoke_answer_metadata_citations_and_log(tiny, home, contract):
     assert cites and [c["rank"] for c in cites] == list(range(1, len(cites) + 1))
     for c in cites:
         assert c["text"] == text[c["char_start"]:c["char_end"]] and c["label"].startswith("line ")
+    kw = msg.additional_kwargs  # the answer's own quotes (a random model writes none that verify) beside the spans
+    assert kw["quotes"] == [] or all(not q["verified"] or text[q["char_start"]:q["char_end"]] for q in kw["quotes"])
+    assert kw["short_answer"] == msg.content.strip() and isinstance(kw["absent"], bool)
     row = store.get_answer(store.open_db(), meta["answer_id"])  # logged under $DOCREADER_HOME
     assert (home / "docreader.db").exists() and row["answer"] == msg.content
     assert len(row["spans"]) == len(cites)

@@ -52,6 +52,7 @@ def test_ask_audit_list_share_the_log(tools, home, tmp_path):
 
     audit = call(tools["audit_answer"], {"answer_id": 1}, "c2")
     assert "Q: What law governs?" in audit.content and audit.artifact["id"] == 1
+    assert audit.artifact["quotes"] == row["quotes"]
     assert [s["text"] for s in audit.artifact["spans"]] == [s["text"] for s in spans]
     assert json.dumps(audit.artifact)  # plain JSON data
 

@@ -215,3 +215,58 @@ def test_unsaved_answer_is_kept_whole_beside_the_log_or_in_tmp(tmp_path, monkeyp
     monkeypatch.setattr(store.tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     assert store.keep_unsaved({"answer": "x"}, blocked / "log.db").parent == tmp_path / "tmp"
+
+
+def _quote(rank=1, verified=True, **kw) -> dict:
+    loc = {"char_start": 0, "char_end": 4, "page": 1, "label": "p. 1"} if verified else {}
+    return {"rank": rank, "text": "Page", "verified": verified, "char_start": loc.get("char_start"),
+            "char_end": loc.get("char_end"), "score": 100.0 if verified else 0.0, "page": loc.get("page"),
+            "label": loc.get("label", ""), "location": json.dumps(loc)} | kw
+
+
+def test_quotes_roundtrip_beside_spans(db):
+    aid = store.save_answer(db, _doc(), _answer(), [_span()],
+                            quotes=[_quote(1), _quote(2, verified=False, text="Not there")])
+    row = store.get_answer(db, aid)
+    assert [(q["rank"], q["text"], q["verified"], q["char_start"], q.get("label")) for q in row["quotes"]] == [
+        (1, "Page", True, 0, "p. 1"), (2, "Not there", False, None, None)]
+    assert len(row["spans"]) == 1
+    [recent] = store.recent_answers(db)
+    assert (recent["quotes_verified"], recent["quotes_unverified"], recent["spans"]) == (1, 1, 1)
+    with pytest.raises(sqlite3.IntegrityError):  # a quote belongs to an answer
+        db["quotes"].insert({"answer_id": 12345, "rank": 1, "text": "x", "verified": 0})
+    db.execute("delete from spans")  # (spans have no ON DELETE CASCADE; quotes go with their answer)
+    db.execute("delete from answers")
+    assert db["quotes"].count == 0
+
+
+def test_a_bad_quote_takes_its_answer_with_it(db):
+    with pytest.raises(sqlite3.Error):
+        store.save_answer(db, _doc(), _answer(), [_span()], quotes=[_quote(1), _quote(2, bogus=1)])
+    assert counts(db) == {"documents": 0, "sessions": 0, "answers": 0, "spans": 0} and db["quotes"].count == 0
+
+
+def test_old_log_gains_the_quotes_table(tmp_path, monkeypatch):
+    """A log written before m003 (answers and spans, no quotes table) opens, migrates and keeps its rows."""
+    path = tmp_path / "log.db"
+    old = [fn for fn in store.MIGRATIONS if fn.__name__ != "m003_quotes"]
+    monkeypatch.setattr(store, "MIGRATIONS", old)
+    monkeypatch.setattr(store, "TABLES", {t: m for t, m in store.TABLES.items() if t != "quotes"})
+    db = store.open_db(path)
+    aid = store.save_answer(db, _doc(), _answer(), [_span()])
+    assert "quotes" not in db.table_names()
+    db.conn.close()
+    monkeypatch.undo()
+    db = store.open_db(path)
+    assert [r["name"] for r in db["_migrations"].rows] == [fn.__name__ for fn in store.MIGRATIONS]
+    row = store.get_answer(db, aid)
+    assert row["quotes"] == [] and len(row["spans"]) == 1 and store.recent_answers(db)[0]["quotes_verified"] == 0
+    aid2 = store.save_answer(db, _doc(), _answer(), [], quotes=[_quote()])
+    assert store.get_answer(db, aid2)["quotes"][0]["verified"] is True
+    db.conn.close()
+    raw = sqlite3.connect(path)  # a log whose quotes table vanished although m003 is recorded is damaged
+    raw.execute("drop table quotes")
+    raw.commit()
+    raw.close()
+    with pytest.raises(store.LogError, match="table quotes missing"):
+        store.open_db(path)

@@ -32,7 +32,9 @@ class _Cancelled(Exception):
 
 class ChatDocreader(BaseChatModel):
     """Answers from the whole document with the local DSA model; the spans its sparse attention selected
-    come back as `additional_kwargs["citations"]`, the answer's log id in `response_metadata`.
+    come back as `additional_kwargs["citations"]` (not proof of use), the passages the answer quotes as
+    `additional_kwargs["quotes"]` (only `verified` ones are citations) beside `short_answer` and `absent`, the
+    answer's log id in `response_metadata`.
 
     Example:
         llm = ChatDocreader(document="contract.pdf", max_tokens=128)
@@ -128,7 +130,10 @@ class ChatDocreader(BaseChatModel):
                 "document": {"path": d.path, "format": d.format, "sha256": d.sha256, "chars": len(d.text),
                              "tokens": ans.document_tokens},
                 "rope_factor": ans.rope_factor, "native_window": ans.native_window, "dropped_turns": ans.dropped_turns}
-        return AIMessageChunk(content="", additional_kwargs={"citations": citations}, usage_metadata=usage,
+        quotes = [{"document": d.path, "sha256": d.sha256} | q.to_json() for q in ans.quotes]
+        return AIMessageChunk(content="", additional_kwargs={"citations": citations, "quotes": quotes,
+                                                             "short_answer": ans.answer_text, "absent": ans.absent},
+                              usage_metadata=usage,
                               response_metadata=meta, chunk_position="last")
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,

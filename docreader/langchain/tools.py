@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from .. import store
 from ..errors import DocreaderError
+from ..quotes import quote_line
 from ._readers import GENERATION_LOCK, allowed_path, document_for, reader_for
 
 
@@ -70,7 +71,8 @@ class AskDocumentTool(_DocreaderTool):
             ans = reader.ask(doc, question, max_new_tokens=self.max_new_tokens)
         spans = ans.to_json()["spans"]
         where = "; ".join(s["label"] for s in spans[:3] if s["label"]) or "no spans selected"
-        content = (f"{ans.text}\n\n[answer #{ans.id} on {doc.path}; most-read parts: {where}; "
+        quoted = "".join(f"\n{quote_line(q.to_json())}" for q in ans.quotes)
+        content = (f"{ans.text}\n{quoted}\n[answer #{ans.id} on {doc.path}; most-read parts: {where}; "
                    f"audit_answer({ans.id}) quotes them]")
         return content, [{**s, "document": doc.path, "answer_id": ans.id} for s in spans]
 
@@ -89,9 +91,10 @@ class AuditAnswerTool(_DocreaderTool):
         out = {**{k: row[k] for k in ("id", "session_id", "question", "answer", "model", "mode", "created")},
                "dsa": json.loads(row["dsa"]), "document": {"path": doc["path"], "sha256": doc["id"]},
                "spans": [{"rank": s["rank"], "score": s["score"], "text": doc["text"][s["char_start"]:s["char_end"]],
-                          **json.loads(s["location"])} for s in row["spans"]]}
+                          **json.loads(s["location"])} for s in row["spans"]], "quotes": row["quotes"]}
         lines = [f"Answer #{out['id']} ({out['model']}, {out['mode']} attention) on {doc['path']}",
-                 f"Q: {out['question']}", f"A: {out['answer']}", "Spans read (indexer selections, not proof of use):"]
+                 f"Q: {out['question']}", f"A: {out['answer']}", *(quote_line(q) for q in out["quotes"]),
+                 "Spans read (indexer selections, not proof of use):"]
         for s in out["spans"]:
             quote = " ".join(s["text"].split())
             quote = quote if len(quote) <= self.quote_chars else quote[: self.quote_chars - 1] + "…"
