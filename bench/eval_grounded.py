@@ -1,6 +1,6 @@
 """Grounded answers, base vs tuned (issue 17): the same held-out questions through `Reader.ask` (DSA sparse,
 the `docreader ask` path, not logged) for each model of --models, scored on the Quote/Answer format of
-prompts/system.txt (parsed and verified by docreader.quotes), tables side by side with the targets.
+prompts/system.txt (as Reader.ask parses and verifies it: docreader.quotes), tables side by side with the targets.
 
     python -m bench.eval_grounded                        # quick: a few minutes on a 2-core CPU
     DOCREADER_DEVICE=cuda python -m bench.eval_grounded --full
@@ -98,21 +98,26 @@ def in_gold_share(start: int, end: int, gold) -> float:
     return sum(M.overlap_chars((start, end), g) for g in M.merge_ranges(gold)) / (end - start)
 
 
-def grade(text: str, document, gold) -> dict:
-    """Parse a Quote/Answer reply, verify its quotes against the document and score them against gold:
+def grade(answer: str, absent: bool, quotes: list, gold) -> dict:
+    """Score a parsed reply (Reader.ask's answer_text, absent, quotes: docreader.quotes.Quote) against gold:
     quote_hit = some verified quote overlaps gold; quote_hit_strict = some verified quote has >= 50% of its
     characters in gold (both None without gold)."""
-    from docreader import quotes
-
-    parsed = quotes.parse(text)
     qs = []
-    for q in quotes.verify_all(parsed.quotes, document):
+    for q in quotes:
         share = in_gold_share(q.char_start, q.char_end, gold) if q.verified and gold else 0.0
         qs.append({"text": q.text[:400], "verified": bool(q.verified), "score": q.score, "in_gold": share,
                    "range": [q.char_start, q.char_end] if q.verified else None})
     hit = (lambda cut: any(q["in_gold"] > cut for q in qs) if gold else None)  # in_gold is 0 unless verified
-    return {"answer": parsed.answer, "absent_said": bool(parsed.absent), "quotes": qs,
+    return {"answer": answer, "absent_said": bool(absent), "quotes": qs,
             "quote_hit": hit(0.0), "quote_hit_strict": hit(0.5 - 1e-9)}
+
+
+def grade_text(text: str, document, gold) -> dict:
+    """grade() of a reply's raw text, parsed and verified the way Reader.ask does (docreader.quotes)."""
+    from docreader import quotes
+
+    parsed = quotes.parse(text)
+    return grade(parsed.answer, parsed.absent, quotes.verify_all(parsed.quotes, document), gold)
 
 
 def babi_correct(answer: str, answers: list[str]) -> bool:
@@ -175,7 +180,7 @@ def ask_one(reader, ex, max_new: int) -> dict:
     except DocreaderError as e:  # e.g. longer than the model's window: counted as skipped, not as wrong
         log(f"    skipped: {e}")
         return {"skipped": str(e)}
-    r = {"text": ans.text, **grade(ans.text, ex.document, ex.gold),
+    r = {"text": ans.text, **grade(ans.answer_text, ans.absent, ans.quotes, ex.gold),
          "spans": [[s.char_start, s.char_end] for s in ans.spans],
          "cost": {"prompt_tokens": ans.prompt_tokens, "new_tokens": ans.new_tokens, "prefill_s": ans.timings["prefill_s"],
                   "decode_s": ans.timings["decode_s"], "cached_prefix_tokens": ans.timings["cached_prefix_tokens"],

@@ -2,15 +2,13 @@
 `integration` smoke run at the end)."""
 
 import json
-import re
-import sys
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bench import eval_grounded as G
+from docreader import quotes as Q
 from docreader.document import Document
 
 TOY = ("The supplier shall deliver the goods to the warehouse every Monday. "
@@ -22,54 +20,12 @@ LAW = "This agreement is governed by the laws of the State of Delaware."
 GOLD = [(TOY.index(LAW), TOY.index(LAW) + len(LAW))]
 
 
-def _fallback_quotes() -> types.ModuleType:
-    """Exact-match stand-in for docreader.quotes (branch `quotes`) until it is merged."""
-    m = types.ModuleType("docreader.quotes")
-
-    @dataclass
-    class Parsed:
-        answer: str
-        quotes: list
-        absent: bool
-
-    @dataclass
-    class Quote:
-        text: str
-        verified: bool
-        char_start: int | None
-        char_end: int | None
-        score: float
-        location: dict
-
-    def parse(text):
-        qs = re.findall(r'^\s*Quote:\s*"(.*)"\s*$', text, re.M)
-        a = re.search(r"^\s*Answer:\s*(.*)", text, re.M | re.S)
-        answer = a.group(1).strip() if a else text.strip()
-        return Parsed(answer, qs, answer.startswith("The document does not say"))
-
-    def verify(quote, document):
-        i = document.text.find(quote)
-        return Quote(quote, i >= 0, i if i >= 0 else None, i + len(quote) if i >= 0 else None, float(i >= 0), {})
-
-    m.parse, m.verify = parse, verify
-    m.verify_all = lambda quotes, document: [verify(q, document) for q in quotes]
-    return m
-
-
-@pytest.fixture(autouse=True)
-def quotes_module(monkeypatch):
-    try:
-        import docreader.quotes  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "docreader.quotes", _fallback_quotes())
-
-
 def reply(*quotes, answer):
     return "".join(f'Quote: "{q}"\n' for q in quotes) + f"Answer: {answer}"
 
 
 def test_verified_quote_overlapping_gold_counts():
-    g = G.grade(reply(LAW, answer="Delaware."), DOC, GOLD)
+    g = G.grade_text(reply(LAW, answer="Delaware."), DOC, GOLD)
     assert g["answer"].startswith("Delaware") and not g["absent_said"]
     assert [q["verified"] for q in g["quotes"]] == [True]
     assert g["quotes"][0]["in_gold"] == pytest.approx(1.0)
@@ -78,41 +34,39 @@ def test_verified_quote_overlapping_gold_counts():
 
 def test_quote_elsewhere_or_mostly_outside_gold():
     payment = "Payment is due within thirty days of the invoice date."
-    g = G.grade(reply(payment, answer="Delaware."), DOC, GOLD)
+    g = G.grade_text(reply(payment, answer="Delaware."), DOC, GOLD)
     assert g["quotes"][0]["verified"] and g["quote_hit"] is False and g["quote_hit_strict"] is False
     # verified, touches the gold clause, but most of its characters lie before it
     straddle = payment + " This agreement"
-    g = G.grade(reply(straddle, answer="Delaware."), DOC, GOLD)
+    g = G.grade_text(reply(straddle, answer="Delaware."), DOC, GOLD)
     assert g["quotes"][0]["verified"] and 0 < g["quotes"][0]["in_gold"] < 0.5
     assert g["quote_hit"] is True and g["quote_hit_strict"] is False
 
 
 def test_unverified_quote_does_not_count():
     made_up = "The governing law shall be that of the Republic of Texas, without exception."
-    g = G.grade(reply(made_up, answer="Texas."), DOC, GOLD)
+    g = G.grade_text(reply(made_up, answer="Texas."), DOC, GOLD)
     assert [q["verified"] for q in g["quotes"]] == [False]
     assert g["quote_hit"] is False and g["quote_hit_strict"] is False
-    s = G.quote_stats([g, G.grade(reply(LAW, LAW, answer="Delaware."), DOC, GOLD)])
+    s = G.quote_stats([g, G.grade_text(reply(LAW, LAW, answer="Delaware."), DOC, GOLD)])
     assert s["quotes"] == 3 and s["quotes_verified"] == pytest.approx(2 / 3) and s["with_quote"] == 1.0
 
 
 def test_unverified_quote_located_in_gold_does_not_count(monkeypatch):
     """A near-miss that the verifier places on the gold clause but does not accept is no hit."""
-    import docreader.quotes as Q
-
     start, end = GOLD[0]
     near = types.SimpleNamespace(text=LAW.replace("Delaware", "Texas"), verified=False, char_start=start,
                                  char_end=end, score=0.8, location={})
     monkeypatch.setattr(Q, "verify_all", lambda quotes, document: [near for _ in quotes])
-    g = G.grade(reply(near.text, answer="Texas."), DOC, GOLD)
+    g = G.grade_text(reply(near.text, answer="Texas."), DOC, GOLD)
     assert g["quote_hit"] is False and g["quote_hit_strict"] is False and g["quotes"][0]["in_gold"] == 0.0
 
 
 def test_absent_detection():
-    g = G.grade("Answer: The document does not say.", DOC, [])
+    g = G.grade_text("Answer: The document does not say.", DOC, [])
     assert g["absent_said"] is True and g["quotes"] == []
     assert g["quote_hit"] is None  # no gold: neither hit nor miss
-    assert G.grade(reply(LAW, answer="Delaware."), DOC, []).get("absent_said") is False
+    assert G.grade_text(reply(LAW, answer="Delaware."), DOC, []).get("absent_said") is False
 
 
 def test_in_gold_share():
@@ -245,26 +199,31 @@ class FakeReader:
         self._prefix = ("key", "cache")
         start = document.text.index(LAW)
         span = types.SimpleNamespace(char_start=start, char_end=start + 10)
-        return types.SimpleNamespace(text=self.text, spans=[span], prompt_tokens=100, new_tokens=5,
-                                     timings={"prefill_s": 0.1, "decode_s": 0.2, "cached_prefix_tokens": 0})
+        parsed = Q.parse("Answer: The document does not say." if "audit" in question else self.text)
+        return types.SimpleNamespace(text=self.text, answer_text=parsed.answer, absent=parsed.absent,
+                                     quotes=Q.verify_all(parsed.quotes, document), spans=[span], prompt_tokens=100,
+                                     new_tokens=5, timings={"prefill_s": 0.1, "decode_s": 0.2, "cached_prefix_tokens": 0})
 
 
 def test_run_groups_asks_every_model_and_honours_the_deadline():
     ex = lambda q: types.SimpleNamespace(kind="contract", name="toy", document=DOC, question=q, answers=["Delaware"],
                                          gold=GOLD, absent=False, history=[], meta={"category": "law"})
     readers = {"base": FakeReader("Delaware, I think."), "tuned": FakeReader(reply(LAW, answer="Delaware."))}
-    groups = [G._ready([ex("Which law?"), ex("A long one?")])]
+    absent = types.SimpleNamespace(**vars(ex("Any audit rights?")) | {"gold": [], "absent": True, "answers": []})
+    groups = [G._ready([ex("Which law?"), ex("A long one?"), absent])]
     recs = []
     assert G.run_groups("contracts", groups, readers, 8, None, None, recs, lambda: None) == 0
-    assert [r["question"] for r in recs] == ["Which law?", "A long one?"]
-    assert readers["tuned"].asked == ["Which law?", "A long one?"] and readers["tuned"]._prefix is None
+    assert [r["question"] for r in recs] == ["Which law?", "A long one?", "Any audit rights?"]
+    assert readers["tuned"].asked == ["Which law?", "A long one?", "Any audit rights?"]
+    assert readers["tuned"]._prefix is None
+    assert recs[2]["by_model"]["tuned"]["absent_said"] is True and recs[0]["by_model"]["tuned"]["absent_said"] is False
     tuned, base = recs[0]["by_model"]["tuned"], recs[0]["by_model"]["base"]
     assert tuned["quote_hit"] is True and tuned["dsa_hit@3"] is True and base["quote_hit"] is False
     assert "skipped" in recs[1]["by_model"]["tuned"]
     s = G.summarize("contracts", recs, "tuned")
-    assert (s["asked"], s["skipped"], s["quote_hit"]) == (1, 1, 1.0)
+    assert (s["asked"], s["skipped"], s["quote_hit"], s["absent_said_absent"]) == (2, 1, 1.0, 1.0)
     late = []
-    assert G.run_groups("contracts", groups * 2, readers, 8, 0.0, None, late, lambda: None) == 4
+    assert G.run_groups("contracts", groups * 2, readers, 8, 0.0, None, late, lambda: None) == 6
     assert late == []
 
 
