@@ -165,6 +165,23 @@ def test_report_round_trip(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == G.render(_result()).strip()
 
 
+def test_make_eval_chains_grounded(monkeypatch, tmp_path, capsys):
+    from bench import evaluate as E
+
+    seen = []
+
+    def run(a):
+        seen.append(a)
+        return _result() | {"json": a.out}
+
+    monkeypatch.setattr(G, "run", run)
+    assert E.main(["--only", "grounded", "--full", "--no-embed", "--seed", "3", "--out", str(tmp_path / "e.json")]) == 0
+    [a] = seen
+    assert a.full and a.no_embed and a.seed == 3 and a.out == str(tmp_path / "e-grounded.json") and a.contracts == 12
+    assert "#### contracts" in capsys.readouterr().out
+    assert "grounded" in E.parse_args([]).only.split(",")  # part of the quick `make eval`
+
+
 def test_presets_and_overrides():
     q, f = G.parse_args([]), G.parse_args(["--full", "--max-new-tokens", "7", "--babi-n", "3"])
     assert q.time_budget is None and q.babi_lengths == "4096" and q.contracts == 2
