@@ -4,7 +4,7 @@ own prompt, questions from bench/sft_tasks.py, every assistant reply supervised.
     python -m bench.make_sft_data --data ../shared/data --tokenizer ~/.cache/docreader/models/smollm2-135m-instruct \\
         --buckets 4096,8192,16384,32768,65536 --tokens 2e6,3e6,4e6,2e6,1e6 --out DIR [--mix DIR] [--seed 0]
 
-A window is one conversation about one document: 1-3 turns (the later ones follow-ups), rendered exactly
+A window is one conversation about one document: 1-8 turns (the later ones follow-ups), rendered exactly
 as `docreader ask`/`chat` renders them (docreader.prompt), the replies and their end-of-turn tokens
 marked in `answer`. Windows have fixed lengths (buckets) so that a trainer batches them; a conversation
 shorter than its bucket is padded with end-of-turn tokens that no loss sees, a longer document is cut
@@ -42,7 +42,7 @@ from docreader.prompt import _render, messages_for, tokenize_document
 KINDS = ("book", "contract", "meeting", "babi-qa1", "babi-qa2", "babi-qa3", "needle", "irc")
 SHARES = {"contract": 0.45, "meeting": 0.15, "babi": 0.17, "needle": 0.13, "irc": 0.10}
 BABI_TASKS = {1: 0.55, 2: 0.45}  # qa3 is not in the shared bAbI files
-TURNS = (1, 1, 2, 3)  # conversation lengths drawn uniformly
+TURNS = (1, 2, 4, 8)  # conversation lengths drawn uniformly: more answers per (costly) window
 
 
 class Builder:
@@ -83,7 +83,7 @@ class Builder:
             return []
         row = rng.choice(self.contracts)
         max_chars = int((L - 600) * 3.9)  # contracts tokenise at ~4.3 chars a token; render() checks the real size
-        exs = S.contract_examples(row, rng, 3, 2, max_chars=max_chars)
+        exs = S.contract_examples(row, rng, 5, 3, max_chars=max_chars)
         rng.shuffle(exs)
         return self._conversations(exs, rng)
 
@@ -96,7 +96,7 @@ class Builder:
         keep = max(10, int(n_turns * min(1.0, (L - 800) * 3.6 / max(chars, 1))))
         exs = S.meeting_examples(row, rng, None, max_turns=keep)
         rng.shuffle(exs)
-        return self._conversations(exs[:3], rng)
+        return self._conversations(exs[:6], rng)
 
     def babi(self, L: int, rng: random.Random) -> list[list[S.Example]]:
         task = rng.choices(list(BABI_TASKS), weights=list(BABI_TASKS.values()))[0]
