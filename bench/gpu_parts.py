@@ -79,7 +79,7 @@ def main() -> None:
         row["dsa_layer_ms"] = timed(lambda: flex.prefill(q, k, v, qi, wi, keys, means, qpos, cfg, 0.125, out),
                                     args.device, args.repeat)
         counts = flex.prefill(q, k, v, qi, wi, keys, means, qpos, cfg, 0.125, out)
-        row["tiles_frac"] = counts["tiles"] / counts["tiles_causal"]
+        row["tiles_frac"] = float(counts["tiles"] / counts["tiles_causal"])
         # the parts, for the last chunk of queries (the most expensive one), times the number of chunks
         n = -(-L // C)
         sl = slice(L - C, L)

@@ -145,12 +145,14 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
     """DSA for the queries of one batch row: query [H, Lq, D], key/value [Hkv, Lk, D], qi [Lq, H_I, d_I],
     wi [Lq, H_I], keys [Lk, d_I], means [nb, d_I], qpos [Lq]; writes out [Lq, H, D]. phase(name) is an optional
     context manager timing "selection" and "attention". -> counts: "keys_read" (tokens the queries attend),
-    "tiles" (64 x 64 tiles the kernel visits) and "tiles_causal" (those dense causal attention visits)."""
+    "tiles" (64 x 64 tiles the kernel visits) and "tiles_causal" (those dense causal attention visits), as 0-d tensors."""
     from torch.nn.attention.flex_attention import BlockMask
 
     Lq, Lk = query.shape[1], key.shape[1]
     sink, local = cfg.sink_tokens, cfg.local_window
     phase = phase or (lambda name: contextlib.nullcontext())
+    # tensors, not ints: an int() here would stall the GPU three times per chunk and layer (twice per layer in
+    # training, with checkpointing); `attention._count_keys` converts them only when profiling
     counts = {"keys_read": 0, "tiles": 0, "tiles_causal": 0}
     # FlexAttention indexes the [chunk, Lk + tile] pick mask with 32-bit offsets: past 2^31 elements they wrap
     # (silently wrong masks at ~262k keys with 8,192-query chunks), so long contexts take smaller chunks
@@ -176,8 +178,8 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
                         kernel_options={"BLOCK_M": TILE, "BLOCK_N": TILE} if query.is_cuda else None)
             out[c0:c1] = o[0].transpose(0, 1)
         n_forced = torch.clamp(qpos[c0:c1] + 1, max=sink + max(local, 1))  # sink, local window, itself
-        counts["keys_read"] += int(n_forced.sum()) + int((picks >= 0).sum())
-        counts["tiles"] += int(num.sum())
+        counts["keys_read"] += n_forced.sum() + (picks >= 0).sum()
+        counts["tiles"] += num.sum()
         last = qpos[c0:c1][torch.clamp(torch.arange(tile - 1, C + tile - 1, tile, device=qpos.device), max=C - 1)]
-        counts["tiles_causal"] += int((torch.div(last, tile, rounding_mode="floor") + 1).sum())  # per query tile
+        counts["tiles_causal"] += (torch.div(last, tile, rounding_mode="floor") + 1).sum()  # per query tile
     return counts
