@@ -89,6 +89,16 @@ def load_corpus(data: Path) -> Corpus:
     return Corpus(rows, held, chars)
 
 
+def uint16_tokenizer(path: str):
+    """The tokenizer of a model dir, checked to fit the windows' uint16 token ids."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(Path(path).expanduser()))
+    if len(tok) > 65536:
+        raise SystemExit(f"vocabulary of {len(tok)} does not fit uint16")
+    return tok
+
+
 def end_of_turn(tok) -> int:
     """The chat template's end-of-turn token id (what closes an assistant message: <|im_end|> for SmolLM2)."""
     msgs = [{"role": "user", "content": "?"}, {"role": "assistant", "content": SENTINEL}]
@@ -223,13 +233,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import AutoTokenizer
-
     args = parse_args(argv)
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(str(Path(args.tokenizer).expanduser()))
-    if len(tok) > 65536:
-        raise SystemExit(f"vocabulary of {len(tok)} does not fit uint16")
+    tok = uint16_tokenizer(args.tokenizer)
     rend, eot = Renderer(tok), end_of_turn(tok)
     corpus = load_corpus(Path(args.data).expanduser())
     out = Path(args.out)

@@ -37,6 +37,7 @@ import numpy as np
 from bench import eval_data as D
 from bench import sft_tasks as S
 from bench.make_indexer_data import FILES, read_jsonl
+from bench.make_long_data import end_of_turn, uint16_tokenizer
 from docreader.prompt import _render, messages_for, tokenize_document
 
 KINDS = ("book", "contract", "meeting", "babi-qa1", "babi-qa2", "babi-qa3", "needle", "irc")
@@ -48,7 +49,7 @@ TURNS = (1, 2, 4, 8)  # conversation lengths drawn uniformly: more answers per (
 class Builder:
     def __init__(self, tok, data: Path, seed: int) -> None:
         self.tok = tok
-        self.eot = tok.convert_tokens_to_ids("<|im_end|>")
+        self.eot = end_of_turn(tok)
         train = lambda rows: [r for r in rows if not D.held_out(r["name"])]
         self.contracts = train(read_jsonl(data / FILES["contracts"]))
         self.meetings = train(read_jsonl(data / FILES["meetings"]))
@@ -57,6 +58,7 @@ class Builder:
         self.irc = sorted(p for p in (data / "irc").glob("*.raw.txt") if not D.held_out(p.name.split(".")[0]))
         self.cpt = S.chars_for(tok, self.books, 1000) / 1000  # characters per token of book text
         self.used: set[str] = set()
+        self._doc: tuple = (None, [])  # (Document, its token ids): a document's conversations come one after another
         self.rng_fill = random.Random(f"{seed}-fill")
 
     # -- one conversation -> token ids + supervised mask ------------------------------------------------
@@ -64,7 +66,9 @@ class Builder:
     def render(self, turns: list[S.Example]) -> tuple[list[int], list[int]]:
         """All turns about turns[0].document; every reply (and its <|im_end|>) is supervised."""
         doc = turns[0].document
-        doc_ids, _ = tokenize_document(self.tok, doc.text)
+        if self._doc[0] is not doc:
+            self._doc = (doc, tokenize_document(self.tok, doc.text)[0])
+        doc_ids = self._doc[1]
         history = [(t.question, t.reply) for t in turns[:-1]]
         msgs, texts = messages_for(doc, turns[-1].question, history)
         ids, _, where = _render(self.tok, msgs, texts, doc_ids)
@@ -185,11 +189,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import AutoTokenizer
-
     args = parse_args(argv)
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(str(Path(args.tokenizer).expanduser()))
+    tok = uint16_tokenizer(args.tokenizer)
     b = Builder(tok, Path(args.data).expanduser(), args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
