@@ -177,14 +177,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--buckets", default="4096,8192,16384,32768,65536", help="window lengths in tokens")
     ap.add_argument("--tokens", default="2e6,3e6,4e6,2e6,1e6", help="tokens per bucket (windows x length)")
     ap.add_argument("--mix", help="a bench/make_long_data.py output dir whose book windows are mixed in")
-    ap.add_argument("--mix-share", type=float, default=0.15)
+    ap.add_argument("--mix-share", default="0.15", help="share of book windows: one value, or one per bucket "
+                    "(e.g. more at 2k, where the plain LM loss keeps short-context quality)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     a.buckets = [int(x) for x in a.buckets.split(",")]
     a.tokens = [int(float(x)) for x in a.tokens.split(",")]
-    if len(a.buckets) != len(a.tokens):
-        ap.error("--buckets and --tokens need as many values")
+    shares = [float(x) for x in str(a.mix_share).split(",")]
+    a.mix_share = shares * len(a.buckets) if len(shares) == 1 else shares
+    if len(a.buckets) != len(a.tokens) or len(a.mix_share) != len(a.buckets):
+        ap.error("--buckets, --tokens (and --mix-share when it lists several) need as many values")
     return a
 
 
@@ -196,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     per = {}
-    for L, n_tokens in zip(args.buckets, args.tokens):
+    for L, n_tokens, share in zip(args.buckets, args.tokens, args.mix_share):
         rng = random.Random(f"{args.seed}-sft-{L}")
         t1 = time.perf_counter()
         arrays = b.bucket(L, n_tokens, rng)
         mixed = Path(args.mix or "") / f"windows_{L}.npz"
         if args.mix and mixed.exists():
-            arrays = mix_books(arrays, mixed, args.mix_share, rng)
+            arrays = mix_books(arrays, mixed, share, rng)
         np.savez_compressed(out / f"windows_{L}.npz", **arrays)
         counts = np.bincount(arrays["kind"], minlength=len(KINDS))
         per[L] = {"windows": int(len(arrays["kind"])), "kinds": {k: int(c) for k, c in zip(KINDS, counts)},

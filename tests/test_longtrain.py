@@ -205,3 +205,24 @@ def test_resume_continues_a_saved_delta(tmp_path):
         assert "rank-4" in str(e)
     else:
         raise AssertionError("a delta of another rank must not load")
+
+
+def test_short_windows_are_batched_with_the_same_loss(tmp_path):
+    """batch_tokens 2L: the two windows of a step go through one forward, and the step's LM loss is the one of
+    two separate forwards (equal token counts, so the pooled mean equals the mean of means)."""
+    _windows(tmp_path, [L])
+    got = {}
+    for batch in (L, 2 * L):
+        model, _, lora, idx = prepared()
+        shapes, rows = [], []
+        hook = model.model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                     with_kwargs=True)
+        LT.train(model, LT.parse_phases(f"{L}:1", tmp_path), lora_params=lora, idx_params=idx, lr=1e-3, idx_lr=1e-3,
+                 time_budget=1e9, tokens_per_step=2 * L, queries=16, seed=0, max_steps=1, batch_tokens=batch,
+                 log=lambda r, **k: rows.append(__import__("json").loads(r)))
+        hook.remove()
+        got[batch] = (shapes, rows[0])
+    assert got[L][0] == [(1, L), (1, L)] and got[2 * L][0] == [(2, L)]
+    one, two = got[L][1], got[2 * L][1]
+    assert one["tokens"] == two["tokens"] == 2 * L
+    assert abs(one["lm_loss"] - two["lm_loss"]) < 1e-3 and abs(one["answer_loss"] - two["answer_loss"]) < 1e-3
