@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from functools import wraps
 from typing import Optional
 
 import typer
@@ -17,21 +16,18 @@ from . import models as models_mod
 from . import store
 from .errors import DocreaderError
 from .quotes import quote_line
-from .terminal import printable
+from .cli_cache import cache_app, use_cache_messages
+from .terminal import friendly, printable, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
                        "which source spans its indexer selected.")
 models_app = typer.Typer(no_args_is_help=True, help="The local models docreader can use.")
 app.add_typer(models_app, name="models")
+app.add_typer(cache_app, name="cache")
 
 
 KNOB_MAX = 2**31 - 1  # DSA knobs and token counts: far past any window, still a C int
-
-
-def say(text: str = "", err: bool = False) -> None:
-    """Print human output: document text, names and answers with their control characters escaped."""
-    typer.echo(printable(text), err=err)
 
 
 def _stream(piece: str) -> None:
@@ -72,27 +68,6 @@ def prefill_bar(json_out: bool = False, stream=None) -> PrefillBar | None:
     """The prefill's progress on stderr; None (quiet) in --json mode or when stderr is not a terminal."""
     stream = stream or sys.stderr
     return None if json_out or not stream.isatty() else PrefillBar(stream)
-
-
-def _fail(msg: str, code: int = 1):
-    typer.echo(f"error: {printable(msg, one_line=True)}", err=True)
-    raise typer.Exit(code)
-
-
-def friendly(fn):
-    """Turn DocreaderError (and a few well-known OS errors) into one line and exit 1.
-    (Database errors the machine causes arrive as store.LogError, a DocreaderError.)"""
-    @wraps(fn)
-    def run(*a, **k):
-        try:
-            return fn(*a, **k)
-        except DocreaderError as e:
-            _fail(str(e))
-        except OSError as e:  # e.g. DOCREADER_HOME is a file or not writable
-            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-    return run
 
 
 def _in_range(name: str, value: int | None, low: int, high: int = store.MAX_INTEGER) -> None:
@@ -170,42 +145,74 @@ Pwd = typer.Option(None, "--password", help="Password of an encrypted PDF.")
 SpansOpt = typer.Option(5, "--spans", help="How many spans to print.")
 
 
+NoCache = typer.Option(False, "--no-cache", help="Neither read nor write the document cache (see `docreader cache`).")
+
+
+def _questions(file: str, question: Optional[str], extra: list[str], questions_file: Optional[str]) -> list[str]:
+    """QUESTION, then each -q, then each non-empty line of --questions FILE; at least one, none empty."""
+    qs = ([question] if question is not None else []) + list(extra)
+    if questions_file is not None:
+        try:
+            with open(questions_file, encoding="utf-8") as f:
+                qs += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DocreaderError(f"cannot read the questions: {getattr(e, 'strerror', None) or e}",
+                                 path=questions_file) from None
+    if not qs:
+        raise DocreaderError("give a QUESTION, -q QUESTION (as often as you like) or --questions FILE", path=file)
+    if any(not q.strip() for q in qs):
+        raise DocreaderError("the question is empty", path=file)
+    return qs
+
+
 @app.command()
 @friendly
 def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Markdown, HTML, EPUB or a chat log."),
-        question: str = typer.Argument(..., help="Your question."),
+        question: Optional[str] = typer.Argument(None, help="Your question (or use -q, several times)."),
+        more: list[str] = typer.Option([], "--question", "-q", help="A question; repeat for several: the document "
+                                       "is read once and each is answered (and logged) in turn."),
+        questions_file: Optional[str] = typer.Option(None, "--questions", help="A file of questions, one a line."),
         model: Optional[str] = ModelOpt, max_new_tokens: int = MaxNew, json_out: bool = typer.Option(False, "--json"),
         top_k: Optional[int] = TopK, n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local,
         sink_tokens: Optional[int] = Sink, dense: bool = Dense, format: Optional[str] = Fmt,
         password: Optional[str] = Pwd, spans: int = SpansOpt,
-        no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer.")):
+        no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer."), no_cache: bool = NoCache):
     """Answer QUESTION from the whole of FILE, streaming, then show the passages it quotes (checked against
-    the document) and the selected source spans."""
-    if not question.strip():
-        raise DocreaderError("the question is empty", path=file)
+    the document) and the selected source spans. With several questions the document is read once. A document
+    read before is taken from the document cache (`docreader cache`) instead of being read again."""
+    qs = _questions(file, question, more, questions_file)
     overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
     from .loaders import load as load_document
     doc = load_document(file, format=format, password=password)  # bad input fails before torch is imported
     models_mod.preflight(model)
     if not no_log:
         _writable_log("; --no-log answers without it")
+    use_cache_messages(json_out)
     from .engine import Reader
-    reader = Reader(model, overrides)
-    ans = reader.ask(doc, question, max_new_tokens=max_new_tokens, dense=dense,
-                     on_text=None if json_out else _stream, log=not no_log, on_prefill=prefill_bar(json_out))
-    out = ans.to_json()
+    reader = Reader(model, overrides, disk_cache=not no_cache)
+    outs = []
+    for i, q in enumerate(qs):
+        if len(qs) > 1 and not json_out:
+            say(("\n" if i else "") + f"Q{i + 1}: {q}")
+        ans = reader.ask(doc, q, max_new_tokens=max_new_tokens, dense=dense,
+                         on_text=None if json_out else _stream, log=not no_log, on_prefill=prefill_bar(json_out))
+        out = ans.to_json()
+        outs.append(out)
+        if json_out:
+            continue
+        say("")
+        _print_quotes(out["quotes"])
+        _print_spans(out["spans"], spans, ans.mode)
+        say(_provenance_line(out["provenance"]))
+        t = out["timings"]
+        read = "document from cache" if t["prefix_cache"] != "none" else f"prefill {t['prefill_s']:.1f}s"
+        say(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
+            f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · {read} · "
+            f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
+            + (f" · stopped at --max-new-tokens {max_new_tokens}" if ans.stop_reason == "length" else "")
+            + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
     if json_out:
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
-        return
-    say("")
-    _print_quotes(out["quotes"])
-    _print_spans(out["spans"], spans, ans.mode)
-    say(_provenance_line(out["provenance"]))
-    t = out["timings"]
-    say(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
-        f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · prefill {t['prefill_s']:.1f}s · "
-        f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
-        + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
+        typer.echo(json.dumps(outs[0] if len(outs) == 1 else outs, ensure_ascii=False, indent=2))
 
 
 @app.command()
@@ -215,8 +222,10 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
          session: Optional[str] = typer.Option(None, "--session", help="Continue chat session ID."),
          model: Optional[str] = ModelOpt, max_new_tokens: int = MaxNew, top_k: Optional[int] = TopK,
          n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local, sink_tokens: Optional[int] = Sink,
-         dense: bool = Dense, format: Optional[str] = Fmt, password: Optional[str] = Pwd, spans: int = SpansOpt):
-    """Multi-turn chat about one document; sessions are stored and resumable."""
+         dense: bool = Dense, format: Optional[str] = Fmt, password: Optional[str] = Pwd, spans: int = SpansOpt,
+         no_cache: bool = NoCache):
+    """Multi-turn chat about one document; sessions are stored and resumable (a document read before comes
+    from the document cache)."""
     from .document import Document
     from .loaders import load as load_document
     overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
@@ -237,8 +246,9 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
     else:
         raise DocreaderError("give a FILE, or --continue / --session ID")
     models_mod.preflight(model)
+    use_cache_messages(False)
     from .engine import Reader
-    reader = Reader(model, overrides)
+    reader = Reader(model, overrides, disk_cache=not no_cache)
     if sid is None:
         reader.prompt(doc, "?", [], max_new_tokens)  # a document too long for the window fails before any row is written
         sid = store.new_session_id()  # its row comes with the first answer: a chat killed before one leaves none

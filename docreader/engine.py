@@ -16,10 +16,10 @@ from typing import Callable
 import dsa
 from dsa.longctx import set_context
 
-from . import models, store
+from . import doccache, models, store
 from .document import Document
 from .errors import DocreaderError
-from .generate import Progress, generate, kv_dtype
+from .generate import Progress, generate, kv_dtype, prefill_chunk
 from .loaders import load as load_document
 from .prompt import Prompt, build, tokenize_document
 from .provenance import SelectionAccumulator, Span, record_ranges, spans_from_weights
@@ -85,7 +85,7 @@ class Reader:
     system: str | None = None  # replaces prompts/system.txt when set
 
     def __init__(self, model: str | None = None, overrides: dict | None = None, db_path: str | Path | None = None,
-                 weighting: str = "picks"):
+                 weighting: str = "picks", disk_cache: bool = True):
         self.spec = model
         self.weighting = weighting  # how spans weigh the recorded keys: see docreader.provenance
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -95,6 +95,7 @@ class Reader:
         # The KV + indexer cache of the last prompt's prefix up to the end of the document: a later
         # question about the same document (a chat turn, an evaluation) prefills only what follows it.
         self._prefix: tuple[tuple, dsa.DSACache] | None = None
+        self.disk_cache = disk_cache  # the same prefix across processes: docreader.doccache
 
     @property
     def lm(self) -> models.LoadedModel:
@@ -138,8 +139,21 @@ class Reader:
         total = len(p.input_ids) + max_new_tokens
         kv = None if dense else kv_dtype(model, total)  # dense attention would upcast a bf16 cache whole every step
         key = (lm.name, mode, factor, kv, hash(tuple(p.input_ids[: p.doc_end])))
-        cache = (self._prefix[1] if self._prefix and self._prefix[0] == key
-                 else dsa.new_cache(model, capacity=total + FOLLOW_UP_TOKENS, dtype=kv))
+        fresh = lambda: dsa.new_cache(model, capacity=total + FOLLOW_UP_TOKENS, dtype=kv)  # noqa: E731
+        source, disk, t_cache = "none", None, time.perf_counter()
+        if self._prefix and self._prefix[0] == key:
+            cache, source = self._prefix[1], "memory"
+        else:
+            cache = None
+            if self.disk_cache and p.doc_end > 0:
+                disk = doccache.make_key(self._cache_parts(mode, factor, kv), p.input_ids[: p.doc_end])
+                cache = doccache.load(*disk, p.doc_end, fresh)
+                if cache is not None:
+                    source = "disk"
+                    doccache.info(f"read {p.doc_end:,} tokens of {document.path} from the document cache "
+                                  f"in {time.perf_counter() - t_cache:.1f} s")
+            cache = cache or fresh()
+        load_cache_s = time.perf_counter() - t_cache
         cache.crop(p.doc_end)
         cached = cache.get_seq_length()
         self._prefix = None  # until this generation finishes, the cache is not a clean prefix
@@ -154,12 +168,18 @@ class Reader:
             paths = dsa.take_paths(model)
         cache.crop(p.doc_end)
         self._prefix = (key, cache)
+        save_cache_s = 0.0
+        if disk is not None and source == "none" and cache.get_seq_length() == p.doc_end:
+            t_save = time.perf_counter()
+            doccache.save(*disk, cache, p.doc_end, {"document": document.path, "model": lm.name})
+            save_cache_s = time.perf_counter() - t_save
         spans = spans_from_weights(acc.weights, acc.rows, p, document, cfg.sink_tokens, max_spans=max_spans)
         ans = Answer(gen.text, question, document, spans, lm.name, mode, dataclasses.asdict(cfg) | {"mode": mode},
                      len(p.input_ids), len(p.doc_offsets), gen.new_tokens, p.dropped_turns, gen.stop_reason,
                      factor, lm.native_window,
                      {"load_s": round(self.load_s, 3), "prefill_s": round(gen.prefill_s, 3),
                       "decode_s": round(gen.decode_s, 3), "tokens_per_s": round(gen.tokens_per_s, 2), "cached_prefix_tokens": cached,
+                      "prefix_cache": source, "cache_load_s": round(load_cache_s, 3), "cache_save_s": round(save_cache_s, 3),
                       "phases_s": {k: round(v, 3) for k, v in phases.items() if k != "keys_read"},
                       "keys_read": int(phases.get("keys_read", 0))},
                      session_id=session_id,
@@ -170,6 +190,16 @@ class Reader:
         if log:
             ans.id = self.save(ans)
         return ans
+
+    def _cache_parts(self, mode: str, factor: float, kv) -> dict:
+        """Everything besides the prompt that changes the document prefix's K/V (see docreader.doccache)."""
+        lm = self.lm
+        model = lm.model
+        return {"model": lm.name, "weights": models.weights_fingerprint(lm.path), "adapter": models._adapter_info(lm.adapter),
+                "indexer": models._indexer_info(lm.indexer_weights), "dsa": dataclasses.asdict(model.dsa_state.config),
+                "mode": mode, "rope_factor": factor, "kv_dtype": str(kv), "dtype": str(next(model.parameters()).dtype),
+                "prefill_chunk": prefill_chunk(),
+                "code": models.code_version()["code_sha256"]}
 
     def save(self, ans: Answer) -> int:
         """Log the answer (creating its chat session with the first one); when the log cannot take it,

@@ -256,6 +256,16 @@ def _adapter_info(adapter_dir: str | None) -> dict | None:
     return {"file": str(f), "sha256": _sha256(f)}
 
 
+def weights_fingerprint(path: str | Path) -> list | str:
+    """The model dir's weight and config files by name, size and modification time (hashing ~500 MB of base
+    weights per question would cost seconds); a hub id as it is."""
+    p = Path(path)
+    if not p.is_dir():
+        return str(path)
+    files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".json", ".gguf"))
+    return [str(p.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """The package version and a hash of the code that selects and weighs spans (dsa/ and provenance)."""

@@ -7,6 +7,12 @@ each control character as an escape (`\\x1b`) instead of sending it; `--json` ou
 
 from __future__ import annotations
 
+from functools import wraps
+
+import typer
+
+from .errors import DocreaderError
+
 _CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0),  # C0, DEL, C1 (0x9b is a one-byte CSI)
              0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]  # bidi marks and overrides
 
@@ -22,3 +28,31 @@ _ONE_LINE = _table("")
 def printable(text: str, one_line: bool = False) -> str:
     """`text` with control characters escaped; `one_line` escapes newlines and tabs too (error messages)."""
     return text.translate(_ONE_LINE if one_line else _LINES)
+
+
+# -- the CLI's output: every user error is one line on stderr and exit code 1, no traceback ------------------
+
+def say(text: str = "", err: bool = False) -> None:
+    """Print human output: document text, names and answers with their control characters escaped."""
+    typer.echo(printable(text), err=err)
+
+
+def _fail(msg: str, code: int = 1):
+    typer.echo(f"error: {printable(msg, one_line=True)}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """Turn DocreaderError (and a few well-known OS errors) into one line and exit 1.
+    (Database errors the machine causes arrive as store.LogError, a DocreaderError.)"""
+    @wraps(fn)
+    def run(*a, **k):
+        try:
+            return fn(*a, **k)
+        except DocreaderError as e:
+            _fail(str(e))
+        except OSError as e:  # e.g. DOCREADER_HOME is a file or not writable
+            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+    return run

@@ -120,7 +120,7 @@ def test_answer_logged_with_spans_and_prefix_cache_exact(model_home, irc_file):
     a2 = reader.ask(doc, q2, history=hist, max_new_tokens=NEW)
     assert a2.timings["cached_prefix_tokens"] == reader.prompt(doc, q2, hist).doc_end > 0
     # … and answers exactly as a fresh Reader (no cache) does
-    fresh = Reader(None, KNOBS).ask(doc, q2, history=hist, max_new_tokens=NEW, log=False)
+    fresh = Reader(None, KNOBS, disk_cache=False).ask(doc, q2, history=hist, max_new_tokens=NEW, log=False)
     assert fresh.timings["cached_prefix_tokens"] == 0
     assert a2.text == fresh.text and a2.new_tokens == fresh.new_tokens
     assert span_key(a2.spans) == span_key(fresh.spans)
