@@ -404,7 +404,7 @@ def run(a) -> dict:
     out_path = Path(a.out) if a.out else ROOT / "bench" / "results" / f"grounded-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in a.models.split(",") if m.strip()]
-    readers = {m: Reader(model=m) for m in models}
+    readers = {m: Reader(model=m, disk_cache=False) for m in models}  # measured prefills, no disk entries
     info = {m: {"name": r.lm.name, "adapter": r.lm.adapter, "indexer": r.lm.indexer_weights,
                 "window": r.lm.context_window} for m, r in readers.items()}
     settings = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "mode": "full" if a.full else "quick",

@@ -78,7 +78,7 @@ def main(argv=None) -> None:
             r = json.loads(line)
             if r.get("pdf"):
                 rows[r["pdf"]] = r
-    reader = Reader()
+    reader = Reader(disk_cache=False)
     kinds = a.weightings.split(",")
     recs = []
     for pdf in sorted(Path(a.pdf_dir).glob("*.pdf")):

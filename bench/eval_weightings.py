@@ -67,7 +67,7 @@ def main(argv=None) -> None:
 
     lo, hi = (int(x) for x in a.chars.split(","))
     rows = D.read_all([a.data], {"contract"}).contracts
-    reader = Reader()
+    reader = Reader(disk_cache=False)
     kinds = a.weightings.split(",")
     recs = []
     for row in D.pick(rows, a.contracts, lambda r: len(r["text"]), lo, hi):

@@ -265,7 +265,8 @@ def main(argv=None) -> int:
         kinds.add("meeting")
     rows = D.read_all(a.data, kinds)
     log(f"data: {len(rows.books)} books, {len(rows.contracts)} contracts, {len(rows.meetings)} meetings")
-    reader = Reader(model=a.model, overrides=None, db_path=str(out_path.with_suffix(".sqlite")), weighting=a.weighting)
+    reader = Reader(model=a.model, overrides=None, db_path=str(out_path.with_suffix(".sqlite")), weighting=a.weighting,
+                    disk_cache=False)  # prefill timings are measured, and evaluation documents need no entries
     lm = reader.lm
     import dataclasses
 

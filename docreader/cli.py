@@ -57,8 +57,9 @@ class PrefillBar:
         fill = self.WIDTH * done // total
         elapsed = time.monotonic() - self.started
         left = f", ~{elapsed * (total - done) / done:.0f} s left" if 0 < done < total else ""
+        rate = f", {done / elapsed:,.0f} tok/s" if elapsed > 0 else ""
         self.stream.write(f"\rreading {'#' * fill}{'.' * (self.WIDTH - fill)} {done:,}/{total:,} tokens "
-                          f"({elapsed:.0f} s{left})")
+                          f"({elapsed:.0f} s{rate}{left})")
         if done >= total:
             self.stream.write("\r\x1b[K")  # back to column 0, line cleared
         self.stream.flush()

@@ -7,7 +7,7 @@ so it is stored under a key of all of that and the next process starts from it, 
 - Key: the model and its weights (base files' sizes and mtimes, the adapter's and indexer's sha256), the DSA
   config, attention mode, RoPE factor, KV dtype, the code that computes attention, and the sha256 of the
   prompt's token ids up to the end of the document (system prompt, template and document text all change them).
-- Entry: one safetensors file, `k.{layer}` / `v.{layer}` [B, Hkv, L, D] in the dtype the live cache stores
+- Entry: one file in safetensors' layout (written and read a tensor at a time, see `_write`), `k.{layer}` / `v.{layer}` [B, Hkv, L, D] in the dtype the live cache stores
   and `ik.{layer}` [B, L, d] (the sparse layers' indexer keys), exactly as computed, so that a cached answer
   is the uncached one; the key and token count ride in its metadata and are checked on load.
 - Written to a temporary file and renamed (readers never see half a file; two writers of one entry both leave
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import sys
 import tempfile
 import time
@@ -84,21 +85,68 @@ class Entry:
     used: float  # last use (the file's mtime)
 
 
+# -- the file: safetensors' layout, written and read one tensor at a time --------------------------------
+# (safetensors' own save_file wants every tensor contiguous at once, a second copy of a whole book's cache
+# (4.5 GB); its loader maps the whole file, which then counts in the process's resident memory)
+
+_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_MAX_HEADER = 1 << 24
+
+
+def _write(path: str, tensors: dict, meta: dict[str, str]) -> None:
+    """tensors: name -> tensor (views allowed); one contiguous copy at a time goes to the file."""
+    import torch
+    names = {v: k for k, v in _DTYPES.items()}
+    header, off = {}, 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": names[str(t.dtype).removeprefix("torch.")], "shape": list(t.shape),
+                        "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f, torch.inference_mode(False):
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for t in tensors.values():
+            f.write(memoryview(t.contiguous().view(torch.uint8).numpy()).cast("B"))
+
+
+def _header(f) -> tuple[dict, int]:
+    """-> (header, offset of the data) of an open entry; ValueError when it cannot be one."""
+    (n,) = struct.unpack("<Q", f.read(8).ljust(8, b"\xff"))
+    if n > _MAX_HEADER:
+        raise ValueError("not a cache entry (bad header)")
+    header = json.loads(f.read(n))
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        raise ValueError("not a cache entry (no metadata)")
+    return header, 8 + n
+
+
+def _read(f, base: int, info: dict):
+    """One tensor of the entry, read straight into fresh memory."""
+    import torch
+    t = torch.empty(info["shape"], dtype=getattr(torch, _DTYPES[info["dtype"]]))
+    s, e = info["data_offsets"]
+    if t.numel() * t.element_size() != e - s:
+        raise ValueError("a tensor's size does not match its shape")
+    f.seek(base + s)
+    if f.readinto(memoryview(t.view(torch.uint8).numpy()).cast("B")) != e - s:
+        raise ValueError("the file is truncated")
+    return t
+
+
 def save(stem: str, key: str, cache, tokens: int, label: dict) -> Path | None:
     """Write the first `tokens` positions of a dsa.DSACache as entry `stem`; None (after a note) when the
     cache dir cannot take it. label: shown by `docreader cache list` (document path, model)."""
-    import torch
-    from safetensors.torch import save_file
-
     tensors = {}
     for i, layer in enumerate(cache.layers):
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             return None  # a layer without K/V: not a prefix this module knows how to restore
-        tensors[f"k.{i}"] = layer.keys[..., :tokens, :].contiguous()
-        tensors[f"v.{i}"] = layer.values[..., :tokens, :].contiguous()
+        tensors[f"k.{i}"] = layer.keys[..., :tokens, :]
+        tensors[f"v.{i}"] = layer.values[..., :tokens, :]
     for i, ik in enumerate(cache.index_keys):
         if len(ik):
-            tensors[f"ik.{i}"] = ik.keys.view[:, :tokens].contiguous()
+            tensors[f"ik.{i}"] = ik.keys.view[:, :tokens]
     meta = {"key": key, "tokens": str(tokens), "format": str(FORMAT), "document": str(label.get("document", "")),
             "model": str(label.get("model", ""))}
     d = cache_dir()
@@ -107,8 +155,7 @@ def save(stem: str, key: str, cache, tokens: int, label: dict) -> Path | None:
         d.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{stem}.", suffix=".tmp")
         os.close(fd)
-        with torch.inference_mode(False):
-            save_file(tensors, tmp, metadata=meta)
+        _write(tmp, tensors, meta)
         path = d / f"{stem}{SUFFIX}"
         os.replace(tmp, path)  # atomic: a reader sees the old entry, the new one, or none
         tmp = None
@@ -127,37 +174,42 @@ def save(stem: str, key: str, cache, tokens: int, label: dict) -> Path | None:
 
 def load(stem: str, key: str, tokens: int, make_cache) -> object | None:
     """The cache of entry `stem` (make_cache() gives an empty dsa.DSACache to fill), or None: absent, or
-    unusable (deleted after one note: corrupt, truncated, another key, other shapes or dtypes)."""
+    unusable (deleted after one note: corrupt, truncated, another key, other shapes or dtypes). Not trusted
+    blindly: a crash can leave a renamed but unflushed file, so sizes and the key are checked."""
     import torch
-    from safetensors import safe_open
 
     path = cache_dir() / f"{stem}{SUFFIX}"
     if not path.exists():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        with open(path, "rb") as f:
+            header, base = _header(f)
+            meta = header["__metadata__"]
             if meta.get("key") != key or int(meta.get("tokens", -1)) != tokens:
                 raise ValueError("it was made for another model, config or prompt")
-            names = set(f.keys())
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if os.fstat(f.fileno()).st_size != base + end:
+                raise ValueError("the file is truncated")
             cache = make_cache()
             with torch.inference_mode():
                 for i, layer in enumerate(cache.layers):
-                    k, v = f.get_tensor(f"k.{i}"), f.get_tensor(f"v.{i}")
+                    k, v = _read(f, base, header[f"k.{i}"]), _read(f, base, header[f"v.{i}"])
                     if k.shape[-2] != tokens or v.shape != k.shape:
                         raise ValueError(f"layer {i} holds {k.shape[-2]} positions, not {tokens}")
                     want = layer._k.dtype or k.dtype
                     if k.dtype != want or v.dtype != want:
                         raise ValueError(f"layer {i} is stored as {k.dtype}, the cache holds {want}")
                     layer.update(k, v)
+                    del k, v
                 for i, ik in enumerate(cache.index_keys):
-                    if f"ik.{i}" in names:
-                        keys = f.get_tensor(f"ik.{i}")
+                    if f"ik.{i}" in header:
+                        keys = _read(f, base, header[f"ik.{i}"])
                         if keys.shape[1] != tokens:
                             raise ValueError(f"indexer keys of layer {i} hold {keys.shape[1]} positions")
                         ik.append(keys)
     except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed, never trusted
-        note(f"discarded the cached read of this document ({path.name}: {str(e).splitlines()[0][:160]}); reading it again")
+        msg = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        note(f"discarded the cached read of this document ({path.name}: {msg}); reading it again")
         try:
             path.unlink()
         except OSError:
@@ -172,8 +224,6 @@ def load(stem: str, key: str, tokens: int, make_cache) -> object | None:
 
 def entries() -> list[Entry]:
     """Whole entries in the cache dir, most recently used first (unreadable headers are listed as unknown)."""
-    from safetensors import safe_open
-
     out = []
     d = cache_dir()
     for p in d.glob(f"*{SUFFIX}") if d.exists() else []:
@@ -182,9 +232,9 @@ def entries() -> list[Entry]:
         except OSError:
             continue
         try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception:  # noqa: BLE001
+            with open(p, "rb") as f:
+                meta = _header(f)[0]["__metadata__"]
+        except Exception:  # noqa: BLE001 - listed as unknown; a load discards it
             meta = {}
         out.append(Entry(p, st.st_size, int(meta.get("tokens", 0) or 0), meta.get("document", "?"),
                          meta.get("model", "?"), st.st_mtime))

@@ -98,6 +98,14 @@ def test_empty_question(home, irc_file, question):
     assert db_counts(home) == NO_ROWS
 
 
+def test_ask_needs_a_question(home, irc_file, tmp_path):
+    expect_error("ask", irc_file, name=str(irc_file), reason="give a QUESTION")
+    expect_error("ask", irc_file, "--questions", tmp_path / "nope.txt", name="nope.txt",
+                 reason="cannot read the questions")
+    expect_error("ask", irc_file, "-q", "Who?", "-q", " ", name=str(irc_file), reason="the question is empty")
+    assert db_counts(home) == NO_ROWS
+
+
 def test_bad_model_option(home, irc_file, tmp_path):
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text('{"model_type": "gpt2"}')
@@ -399,6 +407,29 @@ def test_chat_sessions(model_home, irc_file):
     assert [a["question"] for a in store.recent_answers(db, 10, sid)][0] == "Anything else?"
     assert len(store.recent_answers(db, 10, other)) == 1
     assert db_counts(model_home) == {"documents": 1, "sessions": 2, "answers": 5, "spans": db["spans"].count}
+
+
+@pytest.mark.integration
+def test_many_questions_one_read_then_the_document_cache(model_home, irc_file, tmp_path):
+    qfile = tmp_path / "questions.txt"
+    qfile.write_text("Who is Amaranth?\n\nWhat does Seveas say?\n", encoding="utf-8")
+    out = json.loads(run("ask", irc_file, "-q", "Who buys music from iTunes?", "--questions", qfile, "--json",
+                         "-n", NEW).stdout)
+    assert [o["question"] for o in out] == ["Who buys music from iTunes?", "Who is Amaranth?", "What does Seveas say?"]
+    assert [o["timings"]["prefix_cache"] for o in out] == ["none", "memory", "memory"]  # the document read once
+    assert len({o["id"] for o in out}) == 3 and db_counts(model_home)["answers"] == 3
+
+    again = run("ask", irc_file, "Who is Amaranth?", "-n", NEW)  # a new command starts from the disk cache
+    assert "from the document cache" in again.stderr and "document from cache" in again.stdout
+    plain = json.loads(run("ask", irc_file, "Who is Amaranth?", "-n", NEW, "--json", "--no-cache").stdout)
+    assert plain["timings"]["prefix_cache"] == "none" and plain["answer"] == out[1]["answer"]
+
+    [entry] = json.loads(run("cache", "list", "--json").stdout)
+    assert Path(entry["document"]).name == irc_file.name and entry["tokens"] > 0 and entry["bytes"] > 0
+    assert "1 entries" in run("cache", "list").stdout
+    assert run("cache", "path").stdout.strip() == str(model_home / "cache")
+    assert "removed 1 entries" in run("cache", "clear").stdout
+    assert json.loads(run("cache", "list", "--json").stdout) == []
 
 
 @pytest.mark.integration

@@ -58,6 +58,8 @@ def test_entry_restores_the_cache_exactly(notes):
     assert notes == []
     [e] = doccache.entries()
     assert (e.tokens, e.document, e.model) == (TOKENS, "a.txt", "m")
+    from safetensors.torch import load_file  # the file is plain safetensors: other tools can read it
+    assert torch.equal(load_file(str(e.path))["k.2"], src.layers[2].keys)
 
 
 def test_only_the_prefix_is_stored(notes):
@@ -102,11 +104,11 @@ def test_unwritable_or_full_cache_dir_costs_a_note(notes, home, monkeypatch):
     assert len(notes) == 1 and "could not be written" in notes[0]
     (home / "cache").unlink()
 
-    def full(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
+    def full(path, tensors, meta):
+        with open(path, "wb") as f:
             f.write(b"\0" * 100)  # part of it written, then the disk is full
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("safetensors.torch.save_file", full)
+    monkeypatch.setattr(doccache, "_write", full)
     assert doccache.save(*KEY, filled(), TOKENS, {}) is None
     assert "No space left" in notes[-1]
     assert list((home / "cache").iterdir()) == []  # no half-written entry, no temporary file
@@ -114,17 +116,17 @@ def test_unwritable_or_full_cache_dir_costs_a_note(notes, home, monkeypatch):
 
 def test_a_reader_never_sees_a_half_written_entry(notes, monkeypatch):
     """While a new entry is being written, a reader of the same entry still finds the old one whole."""
-    from safetensors.torch import save_file
+    write = doccache._write
     doccache.save(*KEY, filled(1), TOKENS, {})
     seen = []
 
-    def slow(tensors, filename, metadata=None):
-        save_file(tensors, filename, metadata=metadata)
-        with open(filename, "r+b") as f:
-            f.truncate(os.path.getsize(filename) // 2)  # the writer is half way …
+    def slow(path, tensors, meta):
+        write(path, tensors, meta)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)  # the writer is half way …
         seen.append(doccache.load(*KEY, TOKENS, empty))  # … when another process reads
-        save_file(tensors, filename, metadata=metadata)
-    monkeypatch.setattr("safetensors.torch.save_file", slow)
+        write(path, tensors, meta)
+    monkeypatch.setattr(doccache, "_write", slow)
     doccache.save(*KEY, filled(2), TOKENS, {})
     assert seen[0] is not None and same(seen[0], filled(1)) and notes == []
     assert same(doccache.load(*KEY, TOKENS, empty), filled(2))

@@ -115,7 +115,7 @@ def test_progress_bar_only_on_a_terminal_and_for_long_prefills():
     for done in (0, 8192, 16384, 20000):
         bar(done, 20000)
     out = term.getvalue()
-    assert "8,192/20,000 tokens" in out and "16,384/20,000 tokens" in out and "left)" in out
+    assert "8,192/20,000 tokens" in out and "16,384/20,000 tokens" in out and "left)" in out and " tok/s" in out
     assert out.endswith("\r\x1b[K") and "\n" not in out  # erased at the end, before the answer streams
 
 
