@@ -42,7 +42,7 @@ def in_process(book: Path, lengths: list[int], question: str) -> list[dict]:
             print(f"skip {L}: the book has {len(ids['input_ids']):,} tokens", file=sys.stderr)
             continue
         cut = text[: ids["offset_mapping"][L - 1][1]]
-        doc = Document(f"{book.name}[:{L}]", "md", cut, [Region("page", 0, len(cut), {"page": 1})], {})
+        doc = Document(f"{book.name}[:{L}]", "txt", cut, [Region(0, len(cut), "page", 0, "p. 1", {"page": 1})], {})
         first = Reader().ask(doc, question, max_new_tokens=8, log=False)  # reads, answers, then writes the entry
         plain = first
         [entry] = [e for e in doccache.entries() if e.document == doc.path]
@@ -76,7 +76,7 @@ def cli_runs(files: list[str], question: str, real: Path) -> list[dict]:
             row = {"file": f}
             for run in ("first", "second"):
                 t0 = time.perf_counter()
-                p = subprocess.run([sys.executable, "-m", "docreader.cli", "ask", f, question, "--max-new-tokens", "1",
+                p = subprocess.run([str(Path(sys.executable).with_name("docreader")), "ask", f, question, "--max-new-tokens", "1",
                                     "--json"], env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - t0
                 if p.returncode:
