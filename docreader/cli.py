@@ -206,7 +206,7 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
         _print_spans(out["spans"], spans, ans.mode)
         say(_provenance_line(out["provenance"]))
         t = out["timings"]
-        read = "document from cache" if t["prefix_cache"] != "none" else f"prefill {t['prefill_s']:.1f}s"
+        read = "document from cache" if t.get("prefix_cache", "none") != "none" else f"prefill {t['prefill_s']:.1f}s"
         say(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
             f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · {read} · "
             f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
