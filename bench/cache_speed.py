@@ -34,8 +34,9 @@ def in_process(book: Path, lengths: list[int], question: str) -> list[dict]:
 
     text = book.read_text(encoding="utf-8")
     rows = []
-    warm = Reader(disk_cache=False)
-    tok = warm.lm.tokenizer
+    from docreader.generate import kv_dtype
+    lm = Reader(disk_cache=False).lm
+    tok = lm.tokenizer
     ids = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     for L in lengths:
         if L > len(ids["input_ids"]):
@@ -44,18 +45,17 @@ def in_process(book: Path, lengths: list[int], question: str) -> list[dict]:
         cut = text[: ids["offset_mapping"][L - 1][1]]
         doc = Document(f"{book.name}[:{L}]", "txt", cut, [Region(0, len(cut), "page", 0, "p. 1", {"page": 1})], {})
         first = Reader().ask(doc, question, max_new_tokens=8, log=False)  # reads, answers, then writes the entry
-        plain = first
         [entry] = [e for e in doccache.entries() if e.document == doc.path]
         second = Reader().ask(doc, question, max_new_tokens=8, log=False)  # starts from the entry
         t = second.timings
-        rows.append({"document_tokens": plain.document_tokens, "prompt_tokens": plain.prompt_tokens,
-                     "prefill_s": plain.timings["prefill_s"], "write_s": first.timings["cache_save_s"],
+        rows.append({"document_tokens": first.document_tokens, "prompt_tokens": first.prompt_tokens,
+                     "prefill_s": first.timings["prefill_s"], "write_s": first.timings["cache_save_s"],
                      "load_s": t["cache_load_s"], "prefill_after_cache_s": t["prefill_s"],
-                     "speedup": round(plain.timings["prefill_s"] / max(t["cache_load_s"] + t["prefill_s"], 1e-9), 1),
+                     "speedup": round(first.timings["prefill_s"] / max(t["cache_load_s"] + t["prefill_s"], 1e-9), 1),
                      "entry_mb": round(entry.bytes / 2**20, 1),
                      "mb_per_1k_tokens": round(entry.bytes / 2**20 / (entry.tokens / 1000), 2),
-                     "source": t["prefix_cache"], "same_answer": second.text == plain.text,
-                     "kv_dtype": "bfloat16" if entry.bytes / entry.tokens < 40_000 else "float32"})
+                     "source": t["prefix_cache"], "same_answer": second.text == first.text,
+                     "kv_dtype": str(kv_dtype(lm.model, first.prompt_tokens + 8) or next(lm.model.parameters()).dtype).removeprefix("torch.")})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         doccache.clear()
     return rows

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import struct
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,10 +39,6 @@ SUFFIX = ".safetensors"
 def _warn(msg: str) -> None:
     import warnings
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
-
-def stderr_line(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # Where the cache's one-line messages go. note: something went wrong and was worked around (a warning for a

@@ -361,10 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_adapter:
         resume(model, args.init_adapter)
     n_lora = sum(p.numel() for p in lora_params)
+    batch_tokens = args.tokens_per_step if args.batch_tokens is None else max(args.batch_tokens, 1)
     summary = train(model, phases, lora_params=lora_params, idx_params=idx_params, lr=args.lr, idx_lr=args.indexer_lr,
                     time_budget=args.time_budget, tokens_per_step=args.tokens_per_step, queries=args.queries,
-                    seed=args.seed, interleave=args.interleave,
-                    batch_tokens=1 if args.batch_tokens == 0 else args.batch_tokens)
+                    seed=args.seed, interleave=args.interleave, batch_tokens=batch_tokens)
     record = {"stage": args.stage,
               "model": args.gguf_file or args.model, "data": str(args.data),
               "init_adapter": args.init_adapter, "interleave": args.interleave, "phase_clock_s": summary["phase_clock"],
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                          for p in phases],
               "rope": rope, "max_positions": args.max_positions, "lora": lora_cfg.to_dict(), "trainable_lora_params": n_lora,
               "lr": args.lr, "indexer_lr": args.indexer_lr, "tokens_per_step": args.tokens_per_step,
-              "batch_tokens": args.batch_tokens or args.tokens_per_step,
+              "batch_tokens": batch_tokens,
               "indexer_queries_per_layer": args.queries, "init_indexer": args.init_indexer, "seed": args.seed,
               "dsa": dsa_cfg.to_dict(), "time_budget": args.time_budget, "model_dtype": str(dtype).split(".")[-1],
               "command": "python -m dsa.longtrain " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
