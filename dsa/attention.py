@@ -192,21 +192,21 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
         out = query.new_empty(B, Lq, H, D)
 
     C = cfg.query_chunk
+    whole = not (use_dense or reference) and rec is None  # every query of every row on one optimised path
+    kernel_ok = not query.requires_grad and kernels.usable(query, keys) and key.dtype in kernels.KV_DTYPES
+    batch_rows = os.environ.get("DSA_FLEX_BATCH", "1") != "0"  # 0: one flex call per row (the older path)
+    if whole and B > 1 and batch_rows and not kernel_ok and flex.usable(query, cfg):  # training: rows in one call
+        _flex_rows(state, query, key, value, qi, wi, keys, means, qpos, out, slice(0, B), Lq, scaling)
+        return out, None
     for b in range(B):
         # CPU kernel or GPU prefill: every query before the first recorded one, in one call (recorded ones take
         # the reference path below, which also computes what they record)
         done = 0 if use_dense or reference else Lq if rec is None else min(max(rec.record_from - (Lk - Lq), 0), Lq)
-        if done and not query.requires_grad and kernels.usable(query, keys) and key.dtype in kernels.KV_DTYPES:
+        if done and kernel_ok:
             _kernel(state, layer, b, query, qi, wi, keys, means, qpos, cache, key, value, out, done, scaling)
             _count_path(state, "kernel", done)  # (the kernel has no backward: training takes flex or torch)
         elif done and flex.usable(query, cfg):
-            kb, vb = key[b].to(query.dtype), value[b].to(query.dtype)  # a bf16 cache under fp32 queries: upcast
-            counts = flex.prefill(query[b, :, :done], kb, vb, qi[b, :done], wi[b, :done], keys[b], means[b],
-                                  qpos[:done], cfg, scaling, out[b, :done], phase=lambda p: _phase(state, p),
-                                  tile=flex.TRAIN_TILE if query.requires_grad else flex.TILE)
-            for name, n in counts.items():
-                _count_keys(state, n, name)
-            _count_path(state, "flex", done)
+            _flex_rows(state, query, key, value, qi, wi, keys, means, qpos, out, slice(b, b + 1), done, scaling)
         else:
             if done and query.device.type == "cpu" and not query.requires_grad:
                 _warn_slow_path(kernels.build_error() or "DSA_KERNELS=0")
@@ -263,6 +263,18 @@ def _attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     s = torch.matmul(q, kk.transpose(1, 2)).float() * scaling  # [H, C, T]
     p = torch.softmax(s.masked_fill(~mask[None], float("-inf")), dim=-1)
     return torch.matmul(p.to(vv.dtype), vv).transpose(0, 1), p.mean(0)
+
+
+def _flex_rows(state: DSAState, query, key, value, qi, wi, keys, means, qpos, out, rows: slice, n: int,
+               scaling: float) -> None:
+    """The first n queries of batch rows `rows` through `flex.prefill` (both stages + FlexAttention), one call."""
+    k, v = key[rows].to(query.dtype), value[rows].to(query.dtype)  # a bf16 cache under fp32 queries: upcast
+    counts = flex.prefill(query[rows, :, :n], k, v, qi[rows, :n], wi[rows, :n], keys[rows], means[rows], qpos[:n],
+                          state.config, scaling, out[rows, :n], phase=lambda p: _phase(state, p),
+                          tile=flex.TRAIN_TILE if query.requires_grad else flex.TILE)
+    for name, c in counts.items():
+        _count_keys(state, c, name)
+    _count_path(state, "flex", n * (rows.stop - rows.start))
 
 
 def _count_path(state: DSAState, name: str, n: int) -> None:

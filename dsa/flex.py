@@ -72,114 +72,126 @@ def forced_slots(qpos: torch.Tensor, cfg: DSAConfig) -> torch.Tensor:
 
 def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor,
                  qpos: torch.Tensor, cfg: DSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both stages for a chunk: q [C, H, d], w [C, H], keys [L, d], block_means [nb, d], qpos [C].
-    -> kept blocks [C, n_blocks] (-1 = none) and picked tokens [C, top_k] (-1 = none); the forced tokens
-    (sink, local window, the query itself) are implied, as in `select_chunk`."""
+    """Both stages for a chunk: q [(B,) C, H, d], w [(B,) C, H], keys [(B,) L, d], block_means [(B,) nb, d],
+    qpos [C] (the same positions in each of the B rows: training windows, one selection per row in one go).
+    -> kept blocks [(B,) C, n_blocks] (-1 = none) and picked tokens [(B,) C, top_k] (-1 = none); the forced
+    tokens (sink, local window, the query itself) are implied, as in `select_chunk`."""
+    if keys.dim() == 2:
+        blocks, picks = select_picks(q[None], w[None], keys[None], block_means[None], qpos, cfg)
+        return blocks[0], picks[0]
     bs = cfg.block_size
     qf, wf = q.float(), w.float()
-    _, bval, bidx = stage1(q, w, block_means, qpos, keys.shape[0], cfg)  # excerpts (as select_chunk)
-    blocks = torch.where(bval > NEG, bidx, -1)
+    _, bval, bidx = stage1(q, w, block_means, qpos, keys.shape[1], cfg)  # excerpts (as select_chunk)
+    blocks = torch.where(bval > NEG, bidx, -1)  # [B, C, kb]
 
-    # stage 2: the tokens of each query's own candidate blocks, [C, S * bs]
-    slots = torch.cat([blocks, forced_slots(qpos, cfg)], 1)  # [C, S]
+    # stage 2: the tokens of each query's own candidate blocks, [B, C, S * bs]
+    forced = forced_slots(qpos, cfg)
+    slots = torch.cat([blocks, forced.expand(blocks.shape[0], *forced.shape)], -1)  # [B, C, S]
     if triton_select.available(keys) and os.environ.get("DSA_TRITON", "1") != "0":
         tscore = triton_select.stage2_scores(q, wf, keys, slots, qpos, bs, cfg.sink_tokens, cfg.local_window)
     else:
         tscore = _stage2_torch(qf, wf, keys, slots, qpos, cfg)
-    tval, tidx = tscore.topk(min(cfg.top_k, tscore.shape[1]), dim=-1)
-    picks = slots.gather(1, tidx // bs) * bs + tidx % bs
+    tval, tidx = tscore.topk(min(cfg.top_k, tscore.shape[-1]), dim=-1)
+    picks = slots.gather(-1, tidx // bs) * bs + tidx % bs
     return blocks, torch.where(tval > NEG, picks, -1)
 
 
 def _stage2_torch(qf: torch.Tensor, wf: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, qpos: torch.Tensor,
                   cfg: DSAConfig) -> torch.Tensor:
-    """Scores [C, S * bs] of the slots' tokens, -inf where not a candidate (see `triton_select` for the GPU)."""
-    L, bs, d = keys.shape[0], cfg.block_size, keys.shape[1]
+    """qf [B, C, H, d], wf [B, C, H], keys [B, L, d], slots [B, C, S] -> scores [B, C, S * bs] of the slots'
+    tokens, -inf where not a candidate (see `triton_select` for the GPU)."""
+    (B, L, d), bs = keys.shape, cfg.block_size
     nb = -(-L // bs)
     qp = qpos[:, None]
-    tok = (slots[:, :, None] * bs + torch.arange(bs, device=keys.device)).flatten(1)  # [C, T]
-    valid = (slots >= 0).repeat_interleave(bs, 1) & (tok <= qp) & (tok < L)
+    tok = (slots[..., None] * bs + torch.arange(bs, device=keys.device)).flatten(-2)  # [B, C, T]
+    valid = (slots >= 0).repeat_interleave(bs, -1) & (tok <= qp) & (tok < L)
     forced = (tok < cfg.sink_tokens) | (qp - tok < cfg.local_window) | (tok == qp)
-    kblocks = F.pad(keys.float(), (0, 0, 0, nb * bs - L)).view(nb, bs, d)
-    kg = kblocks[slots.clamp(min=0)].view(len(qpos), -1, d)  # [C, T, d]: whole 64-key rows (a token gather is 10x slower)
-    logits = torch.bmm(qf, kg.transpose(1, 2))  # [C, H, T]
-    tscore = torch.bmm(wf[:, None, :], F.relu(logits))[:, 0]  # [C, T]
+    kblocks = F.pad(keys.float(), (0, 0, 0, nb * bs - L)).view(B, nb, bs, d)
+    rows = torch.arange(B, device=keys.device)[:, None, None]
+    kg = kblocks[rows, slots.clamp(min=0)].flatten(2, 3)  # [B, C, T, d]: whole 64-key rows (a token gather is 10x slower)
+    logits = torch.einsum("bchd,bctd->bcht", qf, kg)  # [B, C, H, T]
+    tscore = torch.einsum("bch,bcht->bct", wf, F.relu(logits))  # [B, C, T]
     return _tiebreak(tscore, tok).masked_fill(~valid | forced, NEG)
 
 
 def picked_mask(picks: torch.Tensor, Lk: int, rows: int, tile: int = TILE) -> torch.Tensor:
-    """picks [C, K] (-1 = none) -> bool [rows >= C, Lk + tile]: True where query c picked key t. Dense per
+    """picks [(B,) C, K] (-1 = none) -> bool [(B,) rows >= C, Lk + tile]: True where query c picked key t. Dense per
     chunk (1 GB for 8,192 queries at 128k keys) so that `mask_mod` reads it coalesced along the keys: a
     bitset read per element cost 7x the attention itself (measured on an H200). Padded so FlexAttention's
     padded tiles never index past it; column Lk + tile - 1 absorbs the -1s (never causal)."""
-    C = picks.shape[0]
-    sel = torch.zeros(rows, Lk + tile, dtype=torch.bool, device=picks.device)
-    sel[:C].scatter_(1, torch.where(picks >= 0, picks, Lk + tile - 1), True)
+    *lead, C, _ = picks.shape
+    sel = torch.zeros(*lead, rows, Lk + tile, dtype=torch.bool, device=picks.device)
+    sel[..., :C, :].scatter_(-1, torch.where(picks >= 0, picks, Lk + tile - 1), True)
     return sel
 
 
 def tile_blocks(picks: torch.Tensor, qpos: torch.Tensor, Lk: int, cfg: DSAConfig,
                 tile: int = TILE) -> tuple[torch.Tensor, torch.Tensor]:
     """Per tile of `tile` queries, the `tile`-key blocks any of its queries reads: its picks' blocks, the sink
-    blocks, the local-window blocks. -> kv_num_blocks [1, 1, nt] int32, kv_indices [1, 1, nt, nkv] int32
-    (listed first). `tile` is a multiple of the excerpt block size."""
-    C = picks.shape[0]
+    blocks, the local-window blocks. picks [(B,) C, K] -> kv_num_blocks [B or 1, 1, nt] int32, kv_indices
+    [B or 1, 1, nt, nkv] int32 (listed first). `tile` is a multiple of the excerpt block size."""
+    picks = picks if picks.dim() == 3 else picks[None]
+    B, C, _ = picks.shape
     nt, nkv = -(-C // tile), -(-Lk // tile)
     diag = (qpos // tile)[:, None]  # the query's own block (the query attends itself even with no local window)
     forced = forced_slots(qpos, cfg)  # excerpt blocks -> tile blocks
-    forced = torch.where(forced >= 0, forced * cfg.block_size // tile, -1)
-    read = torch.cat([torch.where(picks >= 0, picks // tile, -1), forced, diag], 1)  # [C, R]
+    forced = torch.cat([torch.where(forced >= 0, forced * cfg.block_size // tile, -1), diag], 1)  # [C, F]
+    read = torch.cat([torch.where(picks >= 0, picks // tile, -1), forced.expand(B, *forced.shape)], -1)  # [B, C, R]
     pad = nt * tile - C
-    read = F.pad(read, (0, 0, 0, pad), value=-1).view(nt, -1)  # [nt, tile * R]
-    used = torch.zeros(nt, nkv + 1, dtype=torch.bool, device=picks.device)
-    used.scatter_(1, torch.where(read >= 0, read, nkv), True)  # column nkv collects the -1s
-    used = used[:, :nkv]
-    num = used.sum(1, dtype=torch.int32)
-    idx = torch.argsort(used.to(torch.int8), dim=1, descending=True, stable=True).to(torch.int32)
-    return num[None, None], idx[None, None]
+    read = F.pad(read, (0, 0, 0, pad), value=-1).view(B, nt, -1)  # [B, nt, tile * R]
+    used = torch.zeros(B, nt, nkv + 1, dtype=torch.bool, device=picks.device)
+    used.scatter_(-1, torch.where(read >= 0, read, nkv), True)  # column nkv collects the -1s
+    used = used[..., :nkv]
+    num = used.sum(-1, dtype=torch.int32)
+    idx = torch.argsort(used.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return num[:, None], idx[:, None]
 
 
 def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: torch.Tensor, wi: torch.Tensor,
             keys: torch.Tensor, means: torch.Tensor, qpos: torch.Tensor, cfg: DSAConfig, scaling: float,
             out: torch.Tensor, phase=None, chunk: int = CHUNK, tile: int = TILE) -> dict[str, int]:
-    """DSA for the queries of one batch row: query [H, Lq, D], key/value [Hkv, Lk, D], qi [Lq, H_I, d_I],
-    wi [Lq, H_I], keys [Lk, d_I], means [nb, d_I], qpos [Lq]; writes out [Lq, H, D]. phase(name) is an optional
-    context manager timing "selection" and "attention". -> counts: "keys_read" (tokens the queries attend),
-    "tiles" (64 x 64 tiles the kernel visits) and "tiles_causal" (those dense causal attention visits), as 0-d tensors."""
+    """DSA for the queries of one batch row, or of B rows at the same positions in one go (training windows: one
+    selection and one FlexAttention call per layer instead of B): query [(B,) H, Lq, D], key/value [(B,) Hkv, Lk, D],
+    qi [(B,) Lq, H_I, d_I], wi [(B,) Lq, H_I], keys [(B,) Lk, d_I], means [(B,) nb, d_I], qpos [Lq]; writes out
+    [(B,) Lq, H, D]. phase(name) is an optional context manager timing "selection" and "attention". -> counts:
+    "keys_read" (tokens the queries attend), "tiles" (64 x 64 tiles the kernel visits) and "tiles_causal" (those
+    dense causal attention visits), as 0-d tensors summed over the rows."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    Lq, Lk = query.shape[1], key.shape[1]
+    if query.dim() == 3:  # one row
+        query, key, value, qi, wi, keys, means, out = (t[None] for t in (query, key, value, qi, wi, keys, means, out))
+    B, Lq, Lk = query.shape[0], query.shape[2], key.shape[2]
     sink, local = cfg.sink_tokens, cfg.local_window
     phase = phase or (lambda name: contextlib.nullcontext())
     # tensors, not ints: an int() here would stall the GPU three times per chunk and layer (twice per layer in
     # training, with checkpointing); `attention._count_keys` converts them only when profiling
     counts = {"keys_read": 0, "tiles": 0, "tiles_causal": 0}
-    # FlexAttention indexes the [chunk, Lk + tile] pick mask with 32-bit offsets: past 2^31 elements they wrap
+    # FlexAttention indexes the [B, chunk, Lk + tile] pick mask with 32-bit offsets: past 2^31 elements they wrap
     # (silently wrong masks at ~262k keys with 8,192-query chunks), so long contexts take smaller chunks
-    chunk = max(128, min(chunk, (2**31 - 1) // (Lk + tile) // 128 * 128))
+    chunk = max(128, min(chunk, (2**31 - 1) // (B * (Lk + tile)) // 128 * 128))
     for c0 in range(0, Lq, chunk):
         c1 = min(c0 + chunk, Lq)
         C = c1 - c0
         q0t = qpos[c0]  # a tensor, not an int: a captured int would recompile the kernel per chunk
         with phase("selection"):
-            _, picks = select_picks(qi[c0:c1], wi[c0:c1], keys, means, qpos[c0:c1], cfg)
+            _, picks = select_picks(qi[:, c0:c1], wi[:, c0:c1], keys, means, qpos[c0:c1], cfg)  # [B, C, K]
             sel = picked_mask(picks, Lk, -(-C // 128) * 128, tile)
             num, idx = tile_blocks(picks, qpos[c0:c1], Lk, cfg, tile)
 
         def mask_mod(b, h, q_idx, kv_idx):
             qp = q_idx + q0t
-            picked = sel[q_idx, kv_idx]
+            picked = sel[b, q_idx, kv_idx]
             forced = (kv_idx < sink) | (qp - kv_idx < local) | (kv_idx == qp)
             return (kv_idx <= qp) & (picked | forced)
 
         with phase("attention"):
             bm = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=(tile, tile), mask_mod=mask_mod, seq_lengths=(C, Lk))
-            o = _flex()(query[None, :, c0:c1], key[None], value[None], block_mask=bm, scale=scaling, enable_gqa=True,
+            o = _flex()(query[:, :, c0:c1], key, value, block_mask=bm, scale=scaling, enable_gqa=True,
                         kernel_options={"BLOCK_M": TILE, "BLOCK_N": TILE} if query.is_cuda else None)
-            out[c0:c1] = o[0].transpose(0, 1)
+            out[:, c0:c1] = o.transpose(1, 2)
         n_forced = torch.clamp(qpos[c0:c1] + 1, max=sink + max(local, 1))  # sink, local window, itself
-        counts["keys_read"] += n_forced.sum() + (picks >= 0).sum()
+        counts["keys_read"] += B * n_forced.sum() + (picks >= 0).sum()
         counts["tiles"] += num.sum()
         last = qpos[c0:c1][torch.clamp(torch.arange(tile - 1, C + tile - 1, tile, device=qpos.device), max=C - 1)]
-        counts["tiles_causal"] += (torch.div(last, tile, rounding_mode="floor") + 1).sum()  # per query tile
+        counts["tiles_causal"] += B * (torch.div(last, tile, rounding_mode="floor") + 1).sum()  # per query tile
     return counts

@@ -38,9 +38,9 @@ class ChunkSelection:
 
 
 def _scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q [C, H, d], w [C, H], k [N, d] -> [C, N] = sum_h w * relu(q_h . k)."""
-    logits = torch.einsum("chd,nd->chn", q.float(), k.float())
-    return torch.einsum("chn,ch->cn", F.relu(logits), w)
+    """q [(B,) C, H, d], w [(B,) C, H], k [(B,) N, d] -> [(B,) C, N] = sum_h w * relu(q_h . k)."""
+    logits = torch.einsum("...chd,...nd->...chn", q.float(), k.float())
+    return torch.einsum("...chn,...ch->...cn", F.relu(logits), w.float())
 
 
 def _tiebreak(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -48,16 +48,16 @@ def _tiebreak(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     prefill-then-decode and recompute-from-scratch pick the same keys. The ties that occur are exact
     zeros (every head's ReLU is off); they become pos * 1e-30, still below any real positive score and
     above any negative one, and distinct (float32 keeps 1e-30 * pos exactly ordered).
-    pos: [T] shared by every query, or [C, T] per query."""
-    return torch.where(scores == 0, (pos.float() if pos.dim() == 2 else pos.float()[None, :]) * 1e-30, scores)
+    pos: [T] shared by every query, or per query with the scores' leading dims ([C, T], [B, C, T])."""
+    return torch.where(scores == 0, (pos.float() if pos.dim() > 1 else pos.float()[None, :]) * 1e-30, scores)
 
 
 def stage1(q: torch.Tensor, w: torch.Tensor, block_means: torch.Tensor, qpos: torch.Tensor, L: int,
            cfg: DSAConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Excerpts: q [C, H, d], w [C, H], block_means [nb, d], qpos [C], L keys. -> forced [C, nb] (sink blocks and
-    the blocks reaching into the local window, never competing), and the top `n_blocks` of the other causal
-    blocks: bval, bidx [C, kb] (bval -inf where top-k had to return a masked block)."""
-    nb, bs = block_means.shape[0], cfg.block_size
+    """Excerpts: q [(B,) C, H, d], w [(B,) C, H], block_means [(B,) nb, d], qpos [C] (shared by the B rows), L keys.
+    -> forced [C, nb] (sink blocks and the blocks reaching into the local window, never competing), and the top
+    `n_blocks` of the other causal blocks: bval, bidx [(B,) C, kb] (bval -inf where top-k returned a masked block)."""
+    nb, bs = block_means.shape[-2], cfg.block_size
     bstart = torch.arange(nb, device=qpos.device) * bs  # [nb]
     bend = torch.clamp(bstart + bs, max=L) - 1  # last position inside each block
     qp = qpos[:, None]  # [C, 1]

@@ -26,12 +26,13 @@ def available(keys: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _scores_kernel(q_ptr, w_ptr, k_ptr, slot_ptr, qpos_ptr, out_ptr, L, S, sink, local,
+    def _scores_kernel(q_ptr, w_ptr, k_ptr, slot_ptr, qpos_ptr, out_ptr, L, S, C, sink, local,
                        H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
-        c = tl.program_id(0)
+        c = tl.program_id(0)  # query c % C of batch row c // C (rows share positions, not keys)
         s = tl.program_id(1)
         blk = tl.load(slot_ptr + c * S + s)
-        qp = tl.load(qpos_ptr + c)
+        qp = tl.load(qpos_ptr + c % C)
+        k_ptr += (c // C).to(tl.int64) * L * D
         t = blk * BS + tl.arange(0, BS)  # [BS] token positions
         valid = (blk >= 0) & (t <= qp) & (t < L)
         dd = tl.arange(0, D)
@@ -49,11 +50,13 @@ if triton is not None:
 
 def stage2_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, qpos: torch.Tensor,
                   block_size: int, sink: int, local: int) -> torch.Tensor:
-    """q [C, H, d], w [C, H] fp32, keys [L, d], slots [C, S] (-1 = none), qpos [C] -> scores [C, S * block_size]
-    fp32, -inf where a token is not a candidate (not causal, forced, or an empty slot)."""
-    C, H, D = q.shape
-    S = slots.shape[1]
-    out = torch.empty(C, S * block_size, device=q.device, dtype=torch.float32)
-    _scores_kernel[(C, S)](q.contiguous(), w.float().contiguous(), keys.contiguous(), slots.contiguous(),
-                           qpos.contiguous(), out, keys.shape[0], S, sink, local, H=H, D=D, BS=block_size)
+    """q [(B,) C, H, d], w [(B,) C, H] fp32, keys [(B,) L, d], slots [(B,) C, S] (-1 = none), qpos [C] (shared by
+    the rows) -> scores [(B,) C, S * block_size] fp32, -inf where a token is not a candidate (not causal, forced,
+    or an empty slot)."""
+    *lead, C, H, D = q.shape
+    S = slots.shape[-1]
+    rows = q.numel() // (C * H * D)
+    out = torch.empty(*lead, C, S * block_size, device=q.device, dtype=torch.float32)
+    _scores_kernel[(rows * C, S)](q.contiguous(), w.float().contiguous(), keys.contiguous(), slots.contiguous(),
+                                  qpos.contiguous(), out, keys.shape[-2], S, C, sink, local, H=H, D=D, BS=block_size)
     return out

@@ -76,6 +76,45 @@ def test_flex_prefill_equals_masked_sdpa(Lq, chunk, tile):
     assert counts["tiles"] <= counts["tiles_causal"]
 
 
+@pytest.mark.parametrize("tile", [64, 128])
+def test_flex_prefill_of_several_rows_equals_each_row(tile):
+    """Rows of a training batch (same positions, different keys) in one flex.prefill call: each row's output is
+    what SDPA gives under select_chunk's mask for that row's own indexer keys, and the counts add up."""
+    B, L, H, HKV, D = 3, 1100, 4, 2, 16
+    cfg = cfg64()
+    rows = [_inputs(L, cfg, 21 + b) for b in range(B)]  # seeds without near-ties at the top-k boundary
+    qi, wi, keys, means = (torch.stack(t) for t in zip(*rows))
+    q, k, v = torch.randn(B, H, L, D), torch.randn(B, HKV, L, D), torch.randn(B, HKV, L, D)
+    qpos = torch.arange(L)
+    out = torch.empty(B, L, H, D)
+    counts = flex.prefill(q, k, v, qi, wi, keys, means, qpos, cfg, 0.3, out, chunk=512, tile=tile)
+    read = 0
+    for b in range(B):
+        mask = _reference_mask(qi[b], wi[b], keys[b], means[b], qpos, cfg)
+        ref = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], attn_mask=mask[None, None],
+                                             scale=0.3, enable_gqa=True)[0].transpose(0, 1)
+        assert torch.allclose(out[b], ref, atol=1e-5), (b, (out[b] - ref).abs().max())
+        read += int(mask.sum())
+    assert counts["keys_read"] == read
+    _, picks = flex.select_picks(qi, wi, keys, means, qpos, cfg)  # [B, C, K]: row b's picks are its own call's
+    assert torch.equal(picks[1], flex.select_picks(qi[1], wi[1], keys[1], means[1], qpos, cfg)[1])
+
+
+def test_model_batch_on_flex_path_matches_one_row_at_a_time(monkeypatch):
+    """A batch of 2 sequences through a whole model on the flex path (one call per layer for both rows) gives the
+    logits of each sequence run alone."""
+    model = tiny("llama")
+    dsa.attach(model, cfg64())
+    x = torch.cat([ids(1100, seed=3), ids(1100, seed=4)])
+    monkeypatch.setattr(kernels, "usable", lambda *t: False)
+    calls = []
+    monkeypatch.setattr(flex, "usable", lambda q, cfg: calls.append(q.shape[0]) or q.shape[2] > 1)
+    both = logits(model, x)
+    assert calls and max(calls) == 2  # the rows went through together
+    for b in range(2):
+        assert torch.allclose(both[b], logits(model, x[b:b + 1])[0], atol=1e-4), b
+
+
 def test_model_on_flex_path_matches_torch_path(monkeypatch):
     """A whole model whose sparse prefill goes through dsa/flex.py gives the PyTorch path's logits. The two paths
     sum indexer scores in different orders, so a near-tie at a top-k boundary (5e-7 apart, as seed 1 has at
@@ -117,16 +156,20 @@ def test_compiled_flex_on_gpu_equals_masked_sdpa():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton)")
 def test_triton_stage2_scores_equal_torch():
-    """The Triton stage-2 kernel scores and masks every candidate token as the PyTorch ops do."""
+    """The Triton stage-2 kernel scores and masks every candidate token as the PyTorch ops do, for two rows of a
+    batch in one launch (each row reading its own keys) and for one row alone."""
     from dsa import triton_select
     L = 4100
     cfg = cfg64(n_blocks=8, top_k=128, sink_tokens=70, local_window=100)
-    qi, wi, keys, means = (t.cuda() for t in _inputs(L, cfg, 5))
+    qi, wi, keys, means = (torch.stack(t).cuda() for t in zip(*(_inputs(L, cfg, 5 + b) for b in range(2))))
     qpos = torch.arange(L, device="cuda")
-    blocks, _ = flex.select_picks(qi, wi, keys, means, qpos, cfg)
-    slots = torch.cat([blocks, flex.forced_slots(qpos, cfg)], 1)
+    blocks, _ = flex.select_picks(qi, wi, keys, means, qpos, cfg)  # [2, L, n_blocks]
+    forced = flex.forced_slots(qpos, cfg)
+    slots = torch.cat([blocks, forced.expand(2, *forced.shape)], -1)
     ref = flex._stage2_torch(qi.float(), wi.float(), keys, slots, qpos, cfg)
     got = triton_select.stage2_scores(qi, wi, keys, slots, qpos, 64, cfg.sink_tokens, cfg.local_window)
     fin = torch.isfinite(ref)
     assert (fin == torch.isfinite(got)).all()
     assert torch.allclose(got[fin], ref[fin], atol=1e-4, rtol=1e-4)
+    one = triton_select.stage2_scores(qi[1], wi[1], keys[1], slots[1], qpos, 64, cfg.sink_tokens, cfg.local_window)
+    assert torch.equal(one, got[1])
