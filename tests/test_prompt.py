@@ -1,5 +1,6 @@
 """prompt.build with the default model's tokenizer: the document's tokens are exactly what the model reads
-and map back to exact characters; old turns are dropped (never the document); too long is an error."""
+and map back to exact characters; old turns become a digest (never the document); too long is an error.
+The long-chat policy in detail: tests/test_chat_history.py."""
 
 from __future__ import annotations
 
@@ -139,9 +140,9 @@ def test_oldest_turns_dropped_never_the_document(tokenizer):
     assert len(p.input_ids) + 16 <= window
     text = tokenizer.decode(p.input_ids)
     assert TEXT in text and "final?" in text
-    assert "question 0?" not in text and f"question {len(hist) - 1}?" in text  # the oldest went first
-    kept = [i for i in range(len(hist)) if f"question {i}?" in text]
+    kept = [i for i in range(len(hist)) if hist[i][1] in text]  # word for word: the newest, in order
     assert kept == list(range(p.dropped_turns, len(hist)))
+    assert p.digest and p.digest in text and "question 0?" in p.digest  # the dropped ones, in brief
     check_token_map(tokenizer, TEXT, p)
     # a window that fits the document alone drops every turn
     bare = build(tokenizer, doc(), "final?", [], window=100_000, max_new_tokens=16)

@@ -129,7 +129,8 @@ class ChatDocreader(BaseChatModel):
                 "mode": ans.mode, "dsa": ans.dsa, "timings": ans.timings, "answer_id": ans.id,
                 "document": {"path": d.path, "format": d.format, "sha256": d.sha256, "chars": len(d.text),
                              "tokens": ans.document_tokens},
-                "rope_factor": ans.rope_factor, "native_window": ans.native_window, "dropped_turns": ans.dropped_turns}
+                "rope_factor": ans.rope_factor, "native_window": ans.native_window, "dropped_turns": ans.dropped_turns,
+                "history_turns": ans.history_turns, "history_digest": ans.history_digest}
         quotes = [{"document": d.path, "sha256": d.sha256} | q.to_json() for q in ans.quotes]
         return AIMessageChunk(content="", additional_kwargs={"citations": citations, "quotes": quotes,
                                                              "short_answer": ans.answer_text, "absent": ans.absent},
