@@ -43,12 +43,15 @@ from docreader.prompt import _render, messages_for, tokenize_document
 KINDS = ("book", "contract", "meeting", "babi-qa1", "babi-qa2", "babi-qa3", "needle", "irc")
 SHARES = {"contract": 0.45, "meeting": 0.15, "babi": 0.17, "needle": 0.13, "irc": 0.10}
 BABI_TASKS = {1: 0.55, 2: 0.45}  # qa3 is not in the shared bAbI files
-TURNS = (1, 2, 4, 8)  # conversation lengths drawn uniformly: more answers per (costly) window
+TURNS = (1, 2, 4, 8)
+BUNDLE_FROM = 16384  # from this window length, short contracts come bundled with others (bench.sft_tasks)  # conversation lengths drawn uniformly: more answers per (costly) window
 
 
 class Builder:
-    def __init__(self, tok, data: Path, seed: int) -> None:
+    def __init__(self, tok, data: Path, seed: int, shares: dict[str, float] | None = None, bundle: float = 0.0) -> None:
         self.tok = tok
+        self.shares = shares or SHARES
+        self.bundle = bundle  # share of short contracts bundled with others in windows >= BUNDLE_FROM
         self.eot = end_of_turn(tok)
         train = lambda rows: [r for r in rows if not D.held_out(r["name"])]
         self.contracts = train(read_jsonl(data / FILES["contracts"]))
@@ -87,6 +90,16 @@ class Builder:
             return []
         row = rng.choice(self.contracts)
         max_chars = int((L - 600) * 3.9)  # contracts tokenise at ~4.3 chars a token; render() checks the real size
+        if L >= BUNDLE_FROM and len(row["text"]) < max_chars // 2 and rng.random() < self.bundle:
+            rows, size = [row], len(row["text"])
+            for other in rng.sample(self.contracts, min(len(self.contracts), 40)):
+                if other is not row and size + len(other["text"]) + 3 <= max_chars:
+                    rows.append(other)
+                    size += len(other["text"]) + 3
+            rng.shuffle(rows)
+            exs = S.contract_bundle_examples(rows, rng)
+            rng.shuffle(exs)
+            return self._conversations(exs, rng)
         exs = S.contract_examples(row, rng, 5, 3, max_chars=max_chars)
         rng.shuffle(exs)
         return self._conversations(exs, rng)
@@ -133,9 +146,10 @@ class Builder:
         sources = {"contract": self.contract, "meeting": self.meeting, "babi": self.babi, "needle": self.needle,
                    "irc": self.irc_log}
         rows_t, rows_a, kinds, fill = [], [], [], 0
-        got = dict.fromkeys(SHARES, 0)  # windows per source: the next source is the one furthest below its share
+        shares = self.shares
+        got = dict.fromkeys(shares, 0)  # windows per source: the next source is the one furthest below its share
         while fill < tokens:
-            src = max(SHARES, key=lambda k: SHARES[k] - got[k] / max(1, len(kinds)) + rng.random() * 1e-3)
+            src = max(shares, key=lambda k: shares[k] - got[k] / max(1, len(kinds)) + rng.random() * 1e-3)
             got[src] += 1  # counted even when it yields nothing (no IRC log), so it cannot stall the loop
             for conv in sources[src](L, rng):
                 ids, mask = self.render(conv)
@@ -146,7 +160,7 @@ class Builder:
                 rows_a.append(mask + [0] * pad)
                 kinds.append(KINDS.index(conv[-1].kind))
                 got[src] += 1
-                self.used.add(conv[-1].name)
+                self.used.update(conv[-1].document.meta.get("members") or [conv[-1].name])
                 fill += L
         n = len(rows_t)
         return {"tokens": np.asarray(rows_t, np.uint16), "answer": np.asarray(rows_a, np.uint8),
@@ -179,9 +193,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mix", help="a bench/make_long_data.py output dir whose book windows are mixed in")
     ap.add_argument("--mix-share", default="0.15", help="share of book windows: one value, or one per bucket "
                     "(e.g. more at 2k, where the plain LM loss keeps short-context quality)")
+    ap.add_argument("--shares", help="source shares, e.g. contract=0.45,meeting=0.15,babi=0.17,needle=0.13,irc=0.1 "
+                    "(the default)")
+    ap.add_argument("--bundle", type=float, default=0.0, help="share of short contracts that come bundled with "
+                    f"other contracts as one document in windows of >= {BUNDLE_FROM} tokens")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    try:
+        a.shares = {k: float(v) for k, v in (kv.split("=") for kv in a.shares.split(","))} if a.shares else None
+    except ValueError:
+        ap.error("--shares takes name=share pairs separated by commas")
+    if a.shares and not set(a.shares) <= set(SHARES):
+        ap.error(f"--shares: unknown source(s) {sorted(set(a.shares) - set(SHARES))}; known: {sorted(SHARES)}")
     a.buckets = [int(x) for x in a.buckets.split(",")]
     a.tokens = [int(float(x)) for x in a.tokens.split(",")]
     shares = [float(x) for x in str(a.mix_share).split(",")]
@@ -195,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     tok = uint16_tokenizer(args.tokenizer)
-    b = Builder(tok, Path(args.data).expanduser(), args.seed)
+    b = Builder(tok, Path(args.data).expanduser(), args.seed, args.shares, args.bundle)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     per = {}

@@ -184,6 +184,49 @@ def contract_examples(row: dict, rng: random.Random, n_present: int | None, n_ab
     return out
 
 
+# what nearly every contract has, labelled or not: in a bundle "when was this agreement signed?" has no one answer
+EVERY_CONTRACT = {"Document Name", "Parties", "Agreement Date", "Effective Date", "Expiration Date", "Governing Law"}
+
+
+def contract_bundle_examples(rows: list[dict], rng: random.Random, n_per: int = 3) -> list[Example]:
+    """Several whole CUAD contracts one after another as one document (a filing with its exhibits), so long
+    windows hold a long contract-like document: a clause is asked about only where the bundle is
+    unambiguous — its category is in exactly one member (answer: that clause) or in none (ABSENT)."""
+    parts, offsets, at = [], [], 0
+    for r in rows:
+        offsets.append(at)
+        parts.append(r["text"])
+        at += len(r["text"]) + 3
+    name = "+".join(r["name"] for r in rows)
+    doc = Document(f"bundle-{len(rows)}-{rows[0]['name']}.txt", "txt", "\n\n\n".join(parts), [],
+                   {"kind": "contract", "members": [r["name"] for r in rows]})
+    golds: dict[str, list[list[tuple[int, int]]]] = {}  # category -> per member: its gold ranges in the bundle
+    for r, off in zip(rows, offsets):
+        for q in r["questions"]:
+            g = [(off + s, off + e) for s, e in D.gold_ranges(q)]
+            golds.setdefault(q.get("category", ""), []).append(g)
+    present = [(c, [g for g in gs if g][0]) for c, gs in golds.items()
+               if sum(bool(g) for g in gs) == 1 and c not in EVERY_CONTRACT]
+    absent = [c for c, gs in golds.items() if len(gs) == len(rows) and not any(gs)]
+    rng.shuffle(present)
+    rng.shuffle(absent)
+    out = []
+    for cat, gold in present[:n_per * len(rows)]:
+        s, e = gold[0]
+        texts = [doc.text[a:b] for a, b in gold]
+        answer = short_answer(cat, texts)
+        value = answer.removeprefix("The laws of ").rstrip(".")
+        hit = doc.text.find(value.split()[0], s, e) if value else -1
+        question = rng.choice(CONTRACT_QUESTIONS.get(cat, ((f"What does the contract say about {cat.lower()}?",), None))[0])
+        out.append(Example("contract", name, doc, question, reply([quote_at(doc.text, s, e, focus=hit if hit >= 0 else None)], answer),
+                           [one_line(t) for t in texts], gold, False, meta={"category": cat, "bundle": len(rows)}))
+    for cat in absent[:max(1, len(out) // 2)]:
+        question = rng.choice(CONTRACT_QUESTIONS.get(cat, ((f"What does the contract say about {cat.lower()}?",), None))[0])
+        out.append(Example("contract", name, doc, question, reply([], ABSENT), [], [], True,
+                           meta={"category": cat, "bundle": len(rows)}))
+    return out
+
+
 FOLLOW_UPS = ("And {q}", "One more thing: {q}", "{q}", "Also, {q}")
 
 

@@ -144,3 +144,47 @@ def test_windows(corpus, tmp_path):
             for a, b in zip(edges[::2], edges[1::2]):
                 assert list(row[a - len(start):a]) == start and row[b - 1] == eot
                 assert parse(tok.decode(row[a:b - 1])).answer
+
+
+def test_contract_bundle_asks_only_what_the_bundle_answers_unambiguously(corpus):
+    _, rows = corpus
+    rng = random.Random(3)
+    train = [r for r in rows["contracts"] if not D.held_out(r["name"])][:3]
+    clause = "The Distributor shall not sell competing products in Ohio for two years."
+    unique = dict(train[1], text=train[1]["text"] + "\n" + clause)
+    s = unique["text"].index(clause)
+    unique["questions"] = [q if q["category"] != "Non-Compete" else
+                           {"category": "Non-Compete", "question": "x",
+                            "answers": [{"text": clause, "start": s, "end": s + len(clause)}]}
+                           for q in train[1]["questions"]]
+    bundle = [train[0], unique, train[2]]
+    exs = S.contract_bundle_examples(bundle, rng)
+    text = exs[0].document.text
+    assert all(r["text"] in text for r in bundle) and exs[0].document.meta["members"] == [r["name"] for r in bundle]
+    # Governing Law is in every member (ambiguous): never asked; Non-Compete only in one: asked, quoted from it
+    assert {e.meta["category"] for e in exs} == {"Non-Compete"}
+    (e,) = exs
+    assert not e.absent and [text[a:b] for a, b in e.gold] == [clause]
+    for q in parse(e.reply).quotes:
+        v = verify(q, e.document)
+        assert v.verified and any(v.char_start < b and a < v.char_end for a, b in e.gold)
+    # nothing unique and nothing present: the clause absent from every member answers ABSENT
+    plain = S.contract_bundle_examples([train[0], train[2]], rng)
+    assert [(x.meta["category"], x.absent, x.reply) for x in plain] == [("Non-Compete", True, f"Answer: {S.ABSENT}")]
+
+
+def test_bundled_windows_keep_held_out_contracts_out(corpus, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    root, _ = corpus
+    monkeypatch.setattr(M, "BUNDLE_FROM", 1024)
+    M.main(["--data", str(root), "--tokenizer", str(MODEL_DIR), "--buckets", "4096", "--tokens", "4e4",
+            "--bundle", "1", "--shares", "contract=1", "--out", str(tmp_path)])
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    used = meta["documents_used"]
+    assert used and not any(D.held_out(n) for n in used) and not any("+" in n for n in used)
+    tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    z = np.load(tmp_path / "windows_4096.npz")
+    docs = [tok.decode(row[:np.flatnonzero(ans)[0]]) for row, ans in zip(z["tokens"].astype(int), z["answer"])]
+    assert not any(MARKER in t for t in docs)
+    assert all(t.count("governed by the laws of the State of Illinois") >= 2 for t in docs)  # every one a bundle
