@@ -17,16 +17,22 @@ from . import store
 from .errors import DocreaderError
 from .quotes import quote_line
 from .cli_cache import cache_app, use_cache_messages
-from .cli_chat import HistoryNote
-from . import cli_setup
-from .terminal import friendly, printable, say
+from . import cli_chat, cli_flags, cli_setup
+from .cli_events import EventStream
+from .cli_flags import stop_note
+from .home import home as home_dir
+from .loaders.limits import STDIN
+from .cli_log import documents_cmd, log_app
+from .terminal import friendly, in_range as _in_range, printable, say
+from . import cli_serve
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
-                       "which source spans its indexer selected.")
+app = cli_serve.ServedTyper(add_completion=False, no_args_is_help=True,
+                            help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
+                            "which source spans its indexer selected.")
 models_app = typer.Typer(no_args_is_help=True, help="The local models docreader can use.")
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
+app.add_typer(log_app, name="log")
 
 
 def _show_version(value: bool) -> None:
@@ -84,12 +90,6 @@ def prefill_bar(json_out: bool = False, stream=None) -> PrefillBar | None:
     """The prefill's progress on stderr; None (quiet) in --json mode or when stderr is not a terminal."""
     stream = stream or sys.stderr
     return None if json_out or not stream.isatty() else PrefillBar(stream)
-
-
-def _in_range(name: str, value: int | None, low: int, high: int = store.MAX_INTEGER) -> None:
-    """Numbers are checked before anything loads: one line, not an overflow or an error after the model."""
-    if value is not None and not low <= value <= high:
-        raise DocreaderError(f"{name} must be a whole number from {low:,} to {high:,} (got {value})")
 
 
 def _generation_args(max_new_tokens: int, spans: int, top_k, n_blocks, local_window, sink_tokens) -> dict:
@@ -155,7 +155,6 @@ NBlocks = typer.Option(None, "--n-blocks", help="DSA: 64-token excerpts kept by 
 Local = typer.Option(None, "--local-window", help="DSA: recent tokens always attended.")
 Sink = typer.Option(None, "--sink-tokens", help="DSA: first tokens always attended (attention sink).")
 Dense = typer.Option(False, "--dense", help="Dense attention (same model) for comparison; the indexer still runs for provenance.")
-MaxNew = typer.Option(256, "--max-new-tokens", "-n", help="Most tokens to generate.")
 Fmt = typer.Option(None, "--format", help="Override format detection (pdf, docx, txt, md, html, epub, chat).")
 Pwd = typer.Option(None, "--password", help="Password of an encrypted PDF.")
 SpansOpt = typer.Option(5, "--spans", help="How many spans to print.")
@@ -167,7 +166,7 @@ Threads = typer.Option(None, "--threads", help="CPU threads for torch (also $DOC
                        "OMP_NUM_THREADS, when set, chooses instead).")
 
 
-def _questions(file: str, question: Optional[str], extra: list[str], questions_file: Optional[str]) -> list[str]:
+def _questions(file: Optional[str], question: Optional[str], extra: list[str], questions_file: Optional[str]) -> list[str]:
     """QUESTION, then each -q, then each non-empty line of --questions FILE; at least one, none empty."""
     qs = ([question] if question is not None else []) + list(extra)
     if questions_file is not None:
@@ -184,55 +183,118 @@ def _questions(file: str, question: Optional[str], extra: list[str], questions_f
     return qs
 
 
+def _show(ans, spans: int, max_new: int) -> dict:
+    """What ask and chat print under a streamed answer: a note if it was cut, its quotes, its spans."""
+    out = ans.to_json()
+    say("")
+    note = stop_note(ans.stop_reason, max_new)
+    if note:
+        say(note)
+    _print_quotes(out["quotes"])
+    _print_spans(out["spans"], spans, ans.mode)
+    return out
+
+
+def _reader(model, overrides, no_cache: bool, system: Optional[str], turn_budget: Optional[int]):
+    from .engine import TURN_BUDGET, Reader
+    reader = Reader(model, overrides, disk_cache=not no_cache, turn_budget=TURN_BUDGET if turn_budget is None
+                    else turn_budget)
+    reader.system = system
+    return reader
+
+
 @app.command()
 @friendly
-def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Markdown, HTML, EPUB or a chat log."),
+def ask(file: Optional[str] = typer.Argument(None, help="The document: PDF, DOCX, TXT, Markdown, HTML, EPUB or a "
+                                             "chat log; - reads it from standard input. With -c/--session: the "
+                                             "question (the session's document is used)."),
         question: Optional[str] = typer.Argument(None, help="Your question (or use -q, several times)."),
         more: list[str] = typer.Option([], "--question", "-q", help="A question; repeat for several: the document "
                                        "is read once and each is answered (and logged) in turn."),
         questions_file: Optional[str] = typer.Option(None, "--questions", help="A file of questions, one a line."),
-        model: Optional[str] = ModelOpt, max_new_tokens: int = MaxNew, json_out: bool = typer.Option(False, "--json"),
+        cont: bool = typer.Option(False, "--continue", "-c", help="Continue the most recent session (of ask or "
+                                  "chat): its document, and its turns as history."),
+        session: Optional[str] = typer.Option(None, "--session", help="Continue session ID."),
+        system: Optional[str] = cli_flags.System, template: Optional[str] = cli_flags.Template,
+        model: Optional[str] = ModelOpt, max_new_tokens: Optional[int] = cli_flags.MaxNew,
+        old_n: Optional[int] = cli_flags.OldN,
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object per answer when it is done "
+                                      "(--json-stream for events as they come)."),
+        json_stream: bool = typer.Option(False, "--json-stream", help="Newline-delimited JSON events: start, "
+                                         "prefill progress, each token piece, then the answer object."),
         top_k: Optional[int] = TopK, n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local,
         sink_tokens: Optional[int] = Sink, dense: bool = Dense, format: Optional[str] = Fmt,
         password: Optional[str] = Pwd, spans: int = SpansOpt,
         no_log: bool = typer.Option(False, "--no-log", help="Do not store the answer."), no_cache: bool = NoCache,
-        threads: Optional[int] = Threads):
+        threads: Optional[int] = Threads, turn_budget: Optional[int] = cli_flags.TurnBudget):
     """Answer QUESTION from the whole of FILE, streaming, then show the passages it quotes (checked against
     the document) and the selected source spans. With several questions the document is read once. A document
-    read before is taken from the document cache (`docreader cache`) instead of being read again."""
-    qs = _questions(file, question, more, questions_file)
+    read before is taken from the document cache (`docreader cache`) instead of being read again. Each answer
+    starts a session that `ask -c` or `chat -c` continues."""
+    resuming = cont or session is not None
+    if resuming and question is not None:
+        raise DocreaderError("with -c/--session give only the question: the session's document is used")
+    if json_out and json_stream:
+        raise DocreaderError("give --json or --json-stream, not both")
+    max_new_tokens = cli_flags.max_new_tokens(max_new_tokens, old_n, "ask")
+    system, tmpl = cli_flags.system_prompt(system, template)
+    first = file if resuming else question
+    if first is None and not more and questions_file is None and tmpl is not None and tmpl.question:
+        first = tmpl.question  # e.g. `ask doc.pdf -t summary`
+    if not resuming and file is None:
+        raise DocreaderError("give a FILE (- for standard input), or -c / --session ID to continue a session")
+    qs = _questions(None if resuming else file, first, more, questions_file)
     overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
+    _in_range("--turn-budget", turn_budget, 0, KNOB_MAX)
     threads = cli_setup.threads_option(threads)
-    from .loaders import load as load_document
-    doc = load_document(file, format=format, password=password)  # bad input fails before torch is imported
+    history: list[tuple[str, str]] = []
+    sid: Optional[str] = None
+    if resuming:
+        resumed = cli_chat.resume(store.open_db(), session, model)
+        doc, sid, model, history = resumed.document, resumed.session_id, resumed.model, resumed.history
+        if not (json_out or json_stream):
+            say(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).", err=True)
+    else:
+        from .loaders import load as load_document
+        doc = load_document(file, format=format, password=password)  # bad input fails before torch is imported
     models_mod.preflight(model)
     if not no_log:
         _writable_log("; --no-log answers without it")
     cli_setup.ensure_default_model(model)  # the first run converts it, with its progress on stderr
     threads = cli_setup.use_threads(threads)
-    use_cache_messages(json_out)
-    from .engine import Reader
-    reader = Reader(model, overrides, disk_cache=not no_cache)
+    use_cache_messages(json_out or json_stream)
+    reader = _reader(model, overrides, no_cache, system, turn_budget)
+    note = reader.context_note(doc, max_new_tokens) if resuming and not (json_out or json_stream) else None
+    if note:
+        say(note, err=True)
+    events = EventStream() if json_stream else None
     outs = []
     for i, q in enumerate(qs):
-        if len(qs) > 1 and not json_out:
+        if len(qs) > 1 and not (json_out or json_stream):
             say(("\n" if i else "") + f"Q{i + 1}: {q}")
-        ans = reader.ask(doc, q, max_new_tokens=max_new_tokens, dense=dense,
-                         on_text=None if json_out else _stream, log=not no_log, on_prefill=prefill_bar(json_out))
+        qsid = sid if resuming else (None if no_log else store.new_session_id())
+        if events:
+            events.start(i, q, qsid, reader.lm.name, doc)
+        on_text = events.token if events else None if json_out else _stream
+        on_prefill = events.prefill if events else prefill_bar(json_out)
+        ans = reader.ask(doc, q, history=history, session_id=qsid, max_new_tokens=max_new_tokens, dense=dense,
+                         on_text=on_text, log=not no_log, on_prefill=on_prefill)
+        if resuming:
+            history.append((q, ans.text))
         out = ans.to_json()
         outs.append(out)
-        if json_out:
+        if events:
+            events.answer(out)
+        if json_out or json_stream:
             continue
-        say("")
-        _print_quotes(out["quotes"])
-        _print_spans(out["spans"], spans, ans.mode)
+        _show(ans, spans, max_new_tokens)
         say(_provenance_line(out["provenance"]))
         t = out["timings"]
         read = "document from cache" if t.get("prefix_cache", "none") != "none" else f"prefill {t['prefill_s']:.1f}s"
         say(f"\n{ans.model} · {ans.mode} attention · {ans.prompt_tokens:,} prompt tokens "
             f"({ans.document_tokens:,} document) · load {t['load_s']:.1f}s · {read} · "
             f"{ans.new_tokens} tokens at {t['tokens_per_s']:.1f} tok/s · {threads} thread{'s' if threads > 1 else ''}"
-            + (f" · stopped at --max-new-tokens {max_new_tokens}" if ans.stop_reason == "length" else "")
+            + f" · stop: {ans.stop_reason}"
             + (f" · answer #{ans.id} (docreader audit {ans.id})" if ans.id else ""))
     if json_out:
         typer.echo(json.dumps(outs[0] if len(outs) == 1 else outs, ensure_ascii=False, indent=2))
@@ -240,87 +302,112 @@ def ask(file: str = typer.Argument(..., help="The document: PDF, DOCX, TXT, Mark
 
 @app.command()
 @friendly
-def chat(file: Optional[str] = typer.Argument(None, help="The document (omit with --continue/--session)."),
-         cont: bool = typer.Option(False, "--continue", "-c", help="Continue the most recent chat."),
-         session: Optional[str] = typer.Option(None, "--session", help="Continue chat session ID."),
-         model: Optional[str] = ModelOpt, max_new_tokens: int = MaxNew, top_k: Optional[int] = TopK,
+def chat(file: Optional[str] = typer.Argument(None, help="The document (omit with --continue/--session); - reads "
+                                             "it from standard input, and questions from the terminal."),
+         cont: bool = typer.Option(False, "--continue", "-c", help="Continue the most recent session."),
+         session: Optional[str] = typer.Option(None, "--session", help="Continue session ID."),
+         system: Optional[str] = cli_flags.System, template: Optional[str] = cli_flags.Template,
+         model: Optional[str] = ModelOpt, max_new_tokens: Optional[int] = cli_flags.MaxNew,
+         old_n: Optional[int] = cli_flags.OldN, top_k: Optional[int] = TopK,
          n_blocks: Optional[int] = NBlocks, local_window: Optional[int] = Local, sink_tokens: Optional[int] = Sink,
          dense: bool = Dense, format: Optional[str] = Fmt, password: Optional[str] = Pwd, spans: int = SpansOpt,
-         no_cache: bool = NoCache, threads: Optional[int] = Threads):
+         no_cache: bool = NoCache, threads: Optional[int] = Threads, turn_budget: Optional[int] = cli_flags.TurnBudget):
     """Multi-turn chat about one document; sessions are stored and resumable (a document read before comes
-    from the document cache)."""
-    from .document import Document
+    from the document cache). Line editing and history on a terminal; end a line with \\ to go on to the
+    next, or paste between \"\"\" lines; Ctrl-C stops the answer being written, Ctrl-D or 'exit' ends the chat."""
     from .loaders import load as load_document
+    max_new_tokens = cli_flags.max_new_tokens(max_new_tokens, old_n, "chat")
+    system, _ = cli_flags.system_prompt(system, template)
     overrides = _generation_args(max_new_tokens, spans, top_k, n_blocks, local_window, sink_tokens)
+    _in_range("--turn-budget", turn_budget, 0, KNOB_MAX)
     threads = cli_setup.threads_option(threads)
     db = _writable_log()
+    ask_line = input
     if cont or session:
-        row = store.get_session(db, session)
-        drow = store.get_document(db, row["document_id"])
-        from .document import Region
-        doc = Document(drow["path"], drow["format"], drow["text"],
-                       [Region(**r) for r in json.loads(drow["regions"])], {"kind": drow["kind"]})
-        sid = row["id"]
-        model = model or (row["model"] if row["model"] != models_mod.DEFAULT_MODEL else None)
-        history = store.session_history(db, sid)
+        resumed = cli_chat.resume(db, session, model)
+        doc, sid, model, history = resumed.document, resumed.session_id, resumed.model, resumed.history
         say(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).")
     elif file:
         doc = load_document(file, format=format, password=password)
         sid, history = None, []
+        if file == STDIN:
+            ask_line = cli_chat.terminal_input()
+            if ask_line is None:
+                raise DocreaderError("the document came on standard input, so chat reads questions from the "
+                                     "terminal, and there is none (use `ask - QUESTION` instead)", path=doc.path)
     else:
         raise DocreaderError("give a FILE, or --continue / --session ID")
     models_mod.preflight(model)
     cli_setup.ensure_default_model(model)
     cli_setup.use_threads(threads)
     use_cache_messages(False)
-    from .engine import Reader
-    reader = Reader(model, overrides, disk_cache=not no_cache)
+    reader = _reader(model, overrides, no_cache, system, turn_budget)
     if sid is None:
         reader.prompt(doc, "?", [], max_new_tokens)  # a document too long for the window fails before any row is written
         sid = store.new_session_id()  # its row comes with the first answer: a chat killed before one leaves none
         say(f"Chatting about {doc.path} (session {sid}). Type 'exit' or Ctrl-D to stop.")
-    tell_dropped = HistoryNote()
-    while True:
-        try:
-            q = input("> ")
-        except EOFError:
-            typer.echo("")
-            break
-        if q.strip() in ("exit", "quit", "/exit", "/quit"):
-            break
-        if not q.strip():
-            continue
+    note = reader.context_note(doc, max_new_tokens)
+    if note:
+        say(note, err=True)
+
+    def answer(q: str):
         ans = reader.ask(doc, q, history=history, session_id=sid, max_new_tokens=max_new_tokens, dense=dense,
-                         on_text=_stream, on_prefill=prefill_bar())
-        say("")
-        tell_dropped(ans.dropped_turns, ans.history_digest)
-        _print_quotes(ans.to_json()["quotes"])
-        _print_spans(ans.to_json()["spans"], spans, ans.mode)
-        history.append((q, ans.text))
+                         on_text=_stream, on_prefill=prefill_bar(), interruptible=True)
+        _show(ans, spans, max_new_tokens)
+        return ans
+
+    editing = cli_chat.LineEditing(home_dir() / cli_chat.HISTORY_FILE, ask_line is input and sys.stdin.isatty())
+    cli_chat.chat_loop(history, ask_line, answer, editing)
+
+
+@app.command("templates")
+@friendly
+def templates_cmd(json_out: bool = typer.Option(False, "--json")):
+    """List the prompt templates `-t NAME` takes: shipped ones, and yours in $DOCREADER_HOME/templates/NAME.txt
+    (`description:` / `question:` lines, `---`, then the system prompt)."""
+    from . import templates
+    rows = templates.all_templates()
+    if json_out:
+        typer.echo(json.dumps([t.to_json() for t in rows], ensure_ascii=False, indent=2))
+        return
+    width = max(len(t.name) for t in rows)
+    for t in rows:
+        asks = f' (asks "{t.question}" when no question is given)' if t.question else ""
+        say(f"{t.name:<{width}}  {t.source:<7}  {t.description}{asks}")
+    say(f"\nyour own: {templates.user_dir()}/NAME.txt")
 
 
 @app.command()
 @friendly
 def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreader log`."),
-          json_out: bool = typer.Option(False, "--json"), spans: int = typer.Option(20, "--spans")):
-    """Show an answer again with its quotes (verified or not) and its selected source spans, quoted."""
+          json_out: bool = typer.Option(False, "--json"), spans: int = typer.Option(20, "--spans"),
+          html_file: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML page: the whole "
+                                                  "document with the selection heat map, quotes, ranked spans, and "
+                                                  "per answer token what the indexer selected."),
+          open_it: bool = typer.Option(False, "--open", help="Open the --html page in the default browser."),
+          pdf_file: Optional[str] = typer.Option(None, "--pdf", help="Write a copy of the original PDF with the "
+                                                 "verified quotes and the top 5 spans (--spans N: fewer) highlighted, and a note with the question "
+                                                 "and answer (answers about PDFs).")):
+    """Show an answer again with its quotes (verified or not) and its selected source spans, quoted; or write
+    it as an HTML page (--html) or a highlighted copy of its PDF (--pdf)."""
     _in_range("--spans", spans, 0)
-    db = store.open_db()
-    row = store.get_answer(db, answer_id)
-    doc = store.get_document(db, row["document_id"])
-    text = doc["text"]
-    out = {**{k: row[k] for k in ("id", "session_id", "question", "answer", "model", "mode", "created",
-                                  "prompt_tokens", "document_tokens", "new_tokens", "prefill_s", "decode_s")},
-           "dsa": json.loads(row["dsa"]), "document": {"path": doc["path"], "sha256": doc["id"]},
-           "provenance": json.loads(row["provenance"]) if row.get("provenance") else None,
-           "spans": [{"rank": s["rank"], "score": s["score"], "text": text[s["char_start"]:s["char_end"]],
-                      **json.loads(s["location"])} for s in row["spans"]],
-           "quotes": row["quotes"]}
+    if open_it and not html_file:
+        raise DocreaderError("--open opens the --html page: give --html FILE too")
+    from .audit_record import load_record
+    rec = load_record(store.open_db(), answer_id)
+    if html_file or pdf_file:
+        from . import cli_audit
+        if pdf_file:  # first: it is the one that can refuse the answer (not a PDF, the file changed)
+            say(f"wrote {cli_audit.write_pdf(rec, pdf_file, min(spans, cli_audit.PDF_SPANS))}")
+        if html_file:
+            say(f"wrote {cli_audit.write_html(rec, html_file, open_it)}")
+        return
+    out = rec.to_json()
     if json_out:
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
     say(f"Answer #{out['id']} · {out['created']} · {out['model']} ({out['mode']} attention)\n"
-        f"Document: {doc['path']}\nQ: {out['question']}\nA: {out['answer']}")
+        f"Document: {rec.document.path}\nQ: {out['question']}\nA: {out['answer']}")
     say("\n" + QUOTES_HEADER)
     for q in out["quotes"]:
         say(f"  {quote_line(q)}")
@@ -334,36 +421,7 @@ def audit(answer_id: int = typer.Argument(..., help="An answer id from `docreade
             say(f"      │ {line}")
 
 
-@app.command("log")
-@friendly
-def log_cmd(n: int = typer.Option(10, "-n", "--count", help="How many answers."),
-            json_out: bool = typer.Option(False, "--json"), session: Optional[str] = typer.Option(None, "--session")):
-    """List recent answers."""
-    _in_range("-n", n, 0)
-    rows = store.recent_answers(store.open_db(), n, session)
-    if json_out:
-        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    if not rows:
-        say("no answers yet")
-    for r in rows:
-        a = " ".join((r["answer"] or "").split())
-        say(f"#{r['id']:<4} {r['created']}  {r['model']} ({r['mode']})  {r['document_path']}\n"
-                   f"      Q: {r['question']}\n      A: {a[:120]}{'…' if len(a) > 120 else ''}\n"
-                   f"      quotes: {r['quotes_verified']} verified, {r['quotes_unverified']} unverified · "
-                   f"selected spans: {r['spans']} (what the sparse attention read; not proof of use)")
-
-
-@app.command("documents")
-@friendly
-def documents_cmd(json_out: bool = typer.Option(False, "--json")):
-    """List documents that answers were logged for."""
-    rows = store.list_documents(store.open_db())
-    if json_out:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        say(f"{r['id'][:12]}  {r['format']:<5} {r['chars']:>9,} chars  {r['answers']:>3} answers  {r['path']}")
+app.command("documents")(documents_cmd)  # (in cli_log; registered here to keep its place in --help)
 
 
 @models_app.command("list")
@@ -399,6 +457,11 @@ def models_path(name: Optional[str] = typer.Argument(None)):
     """Print the directory of a model (default: the default model)."""
     _, path = models_mod.resolve(name)
     say(str(path))
+
+
+from . import cli_batch  # noqa: E402 - `batch` and `extract` (issue 21)
+cli_batch.register(app)
+cli_serve.register(app)
 
 
 def main():  # pragma: no cover

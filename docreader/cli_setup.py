@@ -41,23 +41,53 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _busy_cpus(interval: float = 0.2) -> float:
-    """How many CPUs the machine's other processes keep busy now (this one sleeps meanwhile), from two reads
-    of /proc/stat; 0 where there is no /proc/stat."""
-    def read() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-        return sum(ticks[:8]), idle  # user nice system idle iowait irq softirq steal (guest is in user)
+def _cpu_ticks() -> tuple[int, int]:
+    """(all, idle) CPU time of the machine since boot, in clock ticks, from /proc/stat's first line."""
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return sum(ticks[:8]), idle  # user nice system idle iowait irq softirq steal (guest is in user)
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+_sample: tuple[float, float, int, int] | None = None  # (wall, own CPU s, all ticks, idle ticks) from start_busy_sample
+
+
+def start_busy_sample() -> None:
+    """Take the first /proc/stat reading now (ask/chat do it before loading the document and torch), so that
+    `_busy_cpus` need not sleep for its interval: what this process itself used meanwhile is subtracted."""
+    global _sample
     try:
-        total0, idle0 = read()
-        time.sleep(interval)
-        total1, idle1 = read()
+        _sample = (time.monotonic(), _own_cpu_s(), *_cpu_ticks())
+    except (OSError, ValueError, IndexError):
+        _sample = None
+
+
+def _busy_cpus(interval: float = 0.2) -> float:
+    """How many CPUs the machine's other processes keep busy now, from two reads of /proc/stat at least
+    `interval` seconds apart (this process's own CPU time between them subtracted); 0 where there is no
+    /proc/stat. The first read is start_busy_sample's when there was one (then usually no wait at all)."""
+    global _sample
+    try:
+        if _sample is None:
+            start_busy_sample()
+        if _sample is None:
+            return 0.0
+        wall0, own0, total0, idle0 = _sample
+        _sample = None
+        time.sleep(max(0.0, interval - (time.monotonic() - wall0)))
+        total1, idle1 = _cpu_ticks()
+        own = (_own_cpu_s() - own0) * os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
     if total1 <= total0:
         return 0.0
-    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+    busy = max(0.0, (total1 - total0) - (idle1 - idle0) - own)
+    return (os.cpu_count() or 1) * busy / (total1 - total0)
 
 
 def default_threads(torch_default: int, busy: float | None = None) -> int:
@@ -72,6 +102,7 @@ def default_threads(torch_default: int, busy: float | None = None) -> int:
 
 def threads_option(value: int | None) -> int | None:
     """--threads, else $DOCREADER_THREADS, checked before anything loads; None: the default."""
+    start_busy_sample()  # the default's /proc/stat interval then spans the document's load and torch's import
     source = "--threads"
     if value is None:
         raw = os.environ.get(THREADS_ENV, "").strip()

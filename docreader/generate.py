@@ -8,9 +8,12 @@ for the default model), a chunk's are bounded. Each chunk keeps only its last po
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -24,6 +27,9 @@ DEFAULT_PREFILL_CHUNK = 8192
 KV_DTYPE_ENV = "DOCREADER_KV_DTYPE"  # auto (default) | float32 | bfloat16
 KV_FP32_MAX_BYTES = 4 << 30  # fp32 K/V up to 4 GiB (~93k tokens of the default model), bf16 past it
 Progress = Callable[[int, int], None]  # (prompt tokens prefilled so far, prompt tokens to prefill)
+# Why an answer ended: the model said it was done, it hit max_new_tokens (the text is cut), or the user
+# stopped it (Ctrl-C in `docreader chat`). The names are the ones --json, the log and the text output show.
+STOP_REASONS = ("eos", "max_tokens", "interrupted")
 
 
 @dataclass
@@ -33,7 +39,7 @@ class Generation:
     prompt_tokens: int
     prefill_s: float
     decode_s: float
-    stop_reason: str  # "eos" | "length"
+    stop_reason: str  # STOP_REASONS: why the answer ended
     timings: dict = field(default_factory=dict)
 
     @property
@@ -146,13 +152,33 @@ def prefill(model, ids: torch.Tensor, cache, chunk: int, on_progress: Progress |
     return out.logits[0, -1], cache
 
 
+@contextmanager
+def stop_on_sigint(enabled: bool) -> Iterator[threading.Event]:
+    """An event set by Ctrl-C while the block runs (the previous SIGINT handler comes back after it). The decode
+    loop checks it between two forwards: a KeyboardInterrupt raised inside a forward could leave some layers'
+    K/V one token longer than others, and the document's cache is kept for the next turn. Off (a never-set
+    event) when not `enabled` or outside the main thread, where signal handlers cannot be installed."""
+    stop = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
              on_text: Callable[[str], None] | None = None, cache=None,
              repetition_penalty: float = REPETITION_PENALTY, on_prefill: Progress | None = None,
-             chunk: int | None = None) -> Generation:
+             chunk: int | None = None, interruptible: bool = False) -> Generation:
     """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable, `on_prefill` the
     prefill's progress (tokens done, tokens to do) after each chunk of `chunk` tokens (default `prefill_chunk()`).
+    `interruptible`: Ctrl-C (SIGINT) while decoding ends the answer after the current token (stop_reason
+    "interrupted") instead of raising, so a chat keeps its session and its cache; during the prefill it still
+    raises KeyboardInterrupt (there is no answer yet).
 
     `cache` may already hold a prefix of `input_ids` (e.g. the document, kept from an earlier question);
     only the rest is prefilled. A DSA cache is made (or grown) once to hold the prompt and every new token."""
@@ -174,21 +200,25 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
     prefill_s = time.perf_counter() - t0
     new: list[int] = []
     shown = ""
-    reason = "length"
+    reason = "max_tokens"
     t1 = time.perf_counter()
-    for _ in range(max_new_tokens):
-        if nxt in stops:
-            reason = "eos"
-            break
-        new.append(nxt)
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        if on_text and not text.endswith("\ufffd") and len(text) > len(shown):
-            on_text(text[len(shown):])
-            shown = text
-        if len(new) == max_new_tokens:
-            break
-        out = model(torch.tensor([[nxt]], device=dev), **dsa.cache_arg(cache), use_cache=True)
-        nxt = pick(out.logits[0, -1].cpu(), new, repetition_penalty, exempt)
+    with stop_on_sigint(interruptible) as stop:
+        for _ in range(max_new_tokens):
+            if nxt in stops:
+                reason = "eos"
+                break
+            new.append(nxt)
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            if on_text and not text.endswith("\ufffd") and len(text) > len(shown):
+                on_text(text[len(shown):])
+                shown = text
+            if stop.is_set():  # between two forwards: the cache holds exactly the prompt and the tokens so far
+                reason = "interrupted"
+                break
+            if len(new) == max_new_tokens:
+                break
+            out = model(torch.tensor([[nxt]], device=dev), **dsa.cache_arg(cache), use_cache=True)
+            nxt = pick(out.logits[0, -1].cpu(), new, repetition_penalty, exempt)
     decode_s = time.perf_counter() - t1
     text = tokenizer.decode(new, skip_special_tokens=True)
     if on_text and len(text) > len(shown):

@@ -21,6 +21,7 @@ answer relied on (bench/ measures how faithful they are).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -39,9 +40,11 @@ def record_ranges(prompt: Prompt) -> list[tuple[int, int | None]]:
 class SelectionAccumulator:
     """Streams selections into per-token weights [seq_len] without keeping them."""
 
-    def __init__(self, seq_len: int, record_from: int = 0, ranges: list | None = None, weighting: str = "picks"):
+    def __init__(self, seq_len: int, record_from: int = 0, ranges: list | None = None, weighting: str = "picks",
+                 per_query: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None):
         self.weights = torch.zeros(seq_len + 4096, dtype=torch.float64)
         self.rows = 0
+        self.per_query = per_query  # (qpos [C], idx [C, K], weight [C, K]) of each selection, e.g. TokenCapture.add
         self.recorder = SelectionRecorder(record_from=record_from, on_select=self.add, ranges=ranges,
                                           weighting=weighting)
 
@@ -58,8 +61,11 @@ class SelectionAccumulator:
         if need > self.weights.shape[0]:
             self.weights = torch.cat([self.weights, torch.zeros(need - self.weights.shape[0] + 4096,
                                                                 dtype=torch.float64)])
-        self.weights.index_add_(0, idx.flatten(), (p * valid).flatten())
+        pv = p * valid
+        self.weights.index_add_(0, idx.flatten(), pv.flatten())
         self.rows += int(valid.any(-1).sum())
+        if self.per_query is not None:
+            self.per_query(sel.qpos.cpu(), idx, pv)
 
 
 @dataclass
@@ -81,15 +87,9 @@ def spans_from_weights(weights: torch.Tensor, rows: int, prompt: Prompt, documen
     the question is, so each token's weight is capped at the `cap_quantile` of the document's weights
     before summing over a window; excerpts are then picked greedily, best first, without overlap, and
     cut at page/message boundaries (the heavier side is kept)."""
-    if rows == 0:
+    wc = capped_doc_weights(weights, rows, prompt, sink_tokens, cap_quantile)
+    if wc is None:
         return []
-    w = weights[prompt.doc_start : prompt.doc_end].clone() / rows  # per document token
-    w[: max(0, sink_tokens - prompt.doc_start)] = 0.0  # the sink absorbs selection regardless of content
-    pos = w[w > 0]
-    if pos.numel() == 0:
-        return []
-    cap = torch.quantile(pos.float(), cap_quantile).item() if cap_quantile < 1 and pos.numel() > 1 else float(pos.max())
-    wc = w.clamp(max=cap)
     n, W = wc.shape[0], min(window, wc.shape[0])
     cs = torch.cat([wc.new_zeros(1), wc.cumsum(0)])
     win = cs[W:] - cs[:-W]  # [n - W + 1] weight of the window starting at each token
@@ -117,6 +117,21 @@ def spans_from_weights(weights: torch.Tensor, rows: int, prompt: Prompt, documen
     found.sort(key=lambda f: (-f[0], f[1]))
     return [Span(start, end, score, rank, document.locate(start, end), document.text[start:end])
             for rank, (score, start, end) in enumerate(found[:max_spans], 1)]
+
+
+def capped_doc_weights(weights: torch.Tensor, rows: int, prompt: Prompt, sink_tokens: int,
+                       cap_quantile: float = 0.99) -> torch.Tensor | None:
+    """Per document token: the average selection share it received, the sink zeroed and each token capped at
+    the `cap_quantile` of the document's weights (see `spans_from_weights`); None when nothing was selected."""
+    if rows == 0:
+        return None
+    w = weights[prompt.doc_start : prompt.doc_end].clone() / rows  # per document token
+    w[: max(0, sink_tokens - prompt.doc_start)] = 0.0  # the sink absorbs selection regardless of content
+    pos = w[w > 0]
+    if pos.numel() == 0:
+        return None
+    cap = torch.quantile(pos.float(), cap_quantile).item() if cap_quantile < 1 and pos.numel() > 1 else float(pos.max())
+    return w.clamp(max=cap)
 
 
 def _heaviest_piece(document: Document, offsets, w: torch.Tensor, a: int, b: int) -> tuple[int, int]:

@@ -29,7 +29,9 @@ from .home import db_path
 BUSY_TIMEOUT_S = 10.0  # how long to wait for another process's lock before saying so
 MAX_INTEGER = 2**63 - 1  # SQLite's largest INTEGER (an id or a LIMIT past it overflows)
 TABLES = {"documents": "m001_initial", "sessions": "m001_initial", "answers": "m001_initial",
-          "spans": "m001_initial", "quotes": "m003_quotes"}  # each table -> the migration that creates it
+          "spans": "m001_initial", "quotes": "m003_quotes",
+          "answers_fts": "m005_search",
+          "token_regions": "m007_token_regions"}  # each table -> the migration that creates it
 _REASONS = {  # sqlite error name -> what it means for the user
     "SQLITE_BUSY": "the log is locked by another process (waited {timeout:g} s)",
     "SQLITE_LOCKED": "the log is locked by another process (waited {timeout:g} s)",
@@ -127,6 +129,46 @@ def m003_quotes(db: sqlite_utils.Database) -> None:
     db.conn.execute('CREATE INDEX "idx_quotes_answer_id" ON "quotes" ("answer_id")')
 
 
+@migration
+def m004_answer_details(db: sqlite_utils.Database) -> None:
+    """Why generation stopped (`generate.STOP_REASONS`: "eos", "max_tokens", ...), how many prompt tokens came
+    from the document cache and the RoPE factor in use (NULL for answers logged before); an index for the
+    per-document queries."""
+    answers = db["answers"]
+    answers.add_column("stop_reason", str)
+    answers.add_column("cached_tokens", int)
+    answers.add_column("rope_factor", float)
+    answers.create_index(["document_id"])
+
+
+@migration
+def m005_search(db: sqlite_utils.Database) -> None:
+    """Full-text search over questions and answers (`docreader log -q`); built from the answers already
+    logged, kept in step by triggers. sqlite-utils >= 4 runs this inside our transaction (no implicit COMMIT)."""
+    db["answers"].enable_fts(["question", "answer"], fts_version="FTS5", create_triggers=True)
+
+
+@migration
+def m006_answer_spans_view(db: sqlite_utils.Database) -> None:
+    """Each selected span beside its answer with the span's text cut from the document, so Datasette (or any
+    SQL client) shows what was selected, not only character offsets. SQLite's substr counts characters, as
+    Python's offsets do."""
+    db.create_view("answer_spans", """
+        SELECT s.id AS span_id, a.id AS answer_id, s.rank, s.label, s.page, s.score, s.char_start, s.char_end,
+               substr(d.text, s.char_start + 1, s.char_end - s.char_start) AS span_text,
+               a.question, a.answer, a.model, a.mode, a.created, a.session_id, d.path AS document_path
+        FROM spans s JOIN answers a ON a.id = s.answer_id JOIN documents d ON d.id = a.document_id""")
+
+
+@migration
+def m007_token_regions(db: sqlite_utils.Database) -> None:
+    """The audit page's per-answer-token selections (`docreader.token_regions`): one compact blob per answer
+    (each token's top document blocks, the blocks' bounds and heat). Answers logged before have none."""
+    db.conn.execute('CREATE TABLE "token_regions" ('
+                    '"answer_id" INTEGER PRIMARY KEY REFERENCES "answers"("id") ON DELETE CASCADE, '
+                    '"block_tokens" INTEGER, "blocks" INTEGER, "tokens" INTEGER, "data" BLOB)')
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
@@ -191,7 +233,8 @@ def migrate(db: Log) -> None:
 
 
 def _document_row(doc: Document) -> dict:
-    return {"id": doc.sha256, "path": str(Path(doc.path).resolve()), "format": doc.format, "kind": doc.kind,
+    path = doc.path if doc.path.startswith("<") else str(Path(doc.path).resolve())  # "<stdin>" stays a name
+    return {"id": doc.sha256, "path": path, "format": doc.format, "kind": doc.kind,
             "chars": len(doc.text), "text": doc.text, "regions": json.dumps([asdict(r) for r in doc.regions]),
             "created": now()}
 
@@ -213,13 +256,14 @@ def transaction(db: Log):
     conn.execute("COMMIT")
 
 
-def _insert(db: Log, table: str, row: dict, upsert_pk: str | None = None) -> int:
-    """INSERT (or upsert on `upsert_pk`) on the raw connection, inside the caller's transaction."""
+def _insert(db: Log, table: str, row: dict, upsert_pk: str | None = None, keep: tuple[str, ...] = ()) -> int:
+    """INSERT (or upsert on `upsert_pk`, leaving the columns in `keep` as first written) on the raw
+    connection, inside the caller's transaction."""
     cols = list(row)
     names = ", ".join(f'"{c}"' for c in cols)
     sql = f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" for _ in cols)})'
     if upsert_pk:
-        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != upsert_pk)
+        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c != upsert_pk and c not in keep)
         sql += f' ON CONFLICT("{upsert_pk}") DO UPDATE SET {sets}'
     return db.conn.execute(sql, [row[c] for c in cols]).lastrowid
 
@@ -232,11 +276,11 @@ def new_session_id() -> str:
 
 @guarded
 def save_answer(db: Log, doc: Document, answer: dict, spans: list[dict], session_model: str | None = None,
-                quotes: list[dict] = ()) -> int:
-    """Document (once per hash), answer, spans and quotes in one transaction; returns the answer id.
-    `session_model`: also create the answer's session (with this model) if it does not exist yet."""
+                quotes: list[dict] = (), token_regions: dict | None = None) -> int:
+    """Document (once per hash), answer, spans, quotes and token regions in one transaction; returns the answer
+    id. `session_model`: also create the answer's session (with this model) if it does not exist yet."""
     with transaction(db):
-        _insert(db, "documents", _document_row(doc), upsert_pk="id")
+        _insert(db, "documents", _document_row(doc), upsert_pk="id", keep=("created",))  # first seen, kept
         if session_model is not None and answer.get("session_id"):
             db.conn.execute("INSERT OR IGNORE INTO sessions (id, document_id, model, created) VALUES (?, ?, ?, ?)",
                             [answer["session_id"], doc.sha256, session_model, now()])
@@ -245,6 +289,8 @@ def save_answer(db: Log, doc: Document, answer: dict, spans: list[dict], session
             _insert(db, "spans", {**s, "answer_id": aid})
         for q in quotes:
             _insert(db, "quotes", {**q, "answer_id": aid})
+        if token_regions is not None:
+            _insert(db, "token_regions", {**token_regions, "answer_id": aid})
     return aid
 
 
@@ -289,15 +335,56 @@ def get_document(db: Log, doc_id: str) -> dict:
 
 
 @guarded
-def recent_answers(db: Log, n: int = 10, session_id: str | None = None) -> list[dict]:
-    where, args = ("where a.session_id = ?", [session_id]) if session_id else ("", [])
+def recent_answers(db: Log, n: int = 10, session_id: str | None = None, *, query: str | None = None,
+                   document: str | None = None, model: str | None = None, since: str | None = None) -> list[dict]:
+    """The latest `n` answers, or with `query` the `n` that match it best (full-text, question and answer;
+    each word is taken literally, not as FTS syntax). `document`: a document's sha256 or a prefix of it, or
+    (part of) its path; `model`: the model's name; `since`: a UTC time "YYYY-MM-DDTHH:MM:SS"."""
+    where, args, join, order = [], [], "", "a.id desc"
+    if query is not None:
+        if not any(ch.isalnum() for ch in query):  # the FTS tokenizer keeps only letters and digits
+            raise DocreaderError(f"the search term {query!r} has no words to search for")
+        terms = db.quote_fts(query)
+        join, order = "join answers_fts on answers_fts.rowid = a.id", "answers_fts.rank, a.id desc"
+        where.append("answers_fts match ?")
+        args.append(terms)
+    if session_id:
+        where.append("a.session_id = ?")
+        args.append(session_id)
+    if document:
+        where.append("(substr(d.id, 1, length(?)) = ? or d.path = ? or instr(d.path, ?) > 0)")
+        args += [document.lower(), document.lower(), document, document]
+    if model:
+        where.append("a.model = ?")
+        args.append(model)
+    if since:
+        where.append("a.created >= ?")
+        args.append(since)
     return list(db.query(
         f"select a.*, d.path as document_path, "
         f"(select count(*) from quotes q where q.answer_id = a.id and q.verified) as quotes_verified, "
         f"(select count(*) from quotes q where q.answer_id = a.id and not q.verified) as quotes_unverified, "
         f"(select count(*) from spans s where s.answer_id = a.id) as spans "
-        f"from answers a join documents d on d.id = a.document_id "
-        f"{where} order by a.id desc limit ?", [*args, n]))
+        f"from answers a join documents d on d.id = a.document_id {join} "
+        f"{'where ' + ' and '.join(where) if where else ''} order by {order} limit ?", [*args, n]))
+
+
+@guarded
+def delete_answers(db: Log, answer_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Delete answers with their spans and quotes, all in one transaction: every id must exist, else nothing
+    is deleted (spans have no ON DELETE CASCADE, so they go first; quotes and token regions would cascade).
+    Their documents and chat sessions stay. -> {answer id: (spans deleted, quotes deleted)}."""
+    out = {}
+    with transaction(db):
+        for aid in dict.fromkeys(answer_ids):
+            if not 1 <= aid <= MAX_INTEGER or not db.conn.execute("select 1 from answers where id = ?",
+                                                                   [aid]).fetchone():
+                raise DocreaderError(f"no answer with id {aid} (see `docreader log`); nothing was deleted")
+            spans = db.conn.execute("delete from spans where answer_id = ?", [aid]).rowcount
+            quotes = db.conn.execute("delete from quotes where answer_id = ?", [aid]).rowcount
+            db.conn.execute("delete from answers where id = ?", [aid])
+            out[aid] = (spans, quotes)
+    return out
 
 
 @guarded

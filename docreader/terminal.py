@@ -12,6 +12,7 @@ from functools import wraps
 import typer
 
 from .errors import DocreaderError
+from .store import MAX_INTEGER
 
 _CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0),  # C0, DEL, C1 (0x9b is a one-byte CSI)
              0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]  # bidi marks and overrides
@@ -35,6 +36,12 @@ def printable(text: str, one_line: bool = False) -> str:
 def say(text: str = "", err: bool = False) -> None:
     """Print human output: document text, names and answers with their control characters escaped."""
     typer.echo(printable(text), err=err)
+
+
+def in_range(name: str, value: int | None, low: int, high: int = MAX_INTEGER) -> None:
+    """Numbers are checked before anything loads: one line, not an overflow or an error after the model."""
+    if value is not None and not low <= value <= high:
+        raise DocreaderError(f"{name} must be a whole number from {low:,} to {high:,} (got {value})")
 
 
 def _fail(msg: str, code: int = 1):

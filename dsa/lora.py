@@ -130,6 +130,21 @@ def read_config(adapter_dir: str | Path) -> LoraConfig:
 
 
 @torch.no_grad()
+def merge_delta(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+    """w += scale * (b @ a) in place, bit for bit `(w.float() + scale * (b.float() @ a.float())).to(w.dtype)`
+    with the product taken on the CPU, as load_adapter always did. An fp32 CPU weight adds the same product in
+    place, without the reference's three weight-sized temporaries (the default model's delta merged in
+    0.24-0.38 s instead of 0.33-0.60 s). Not `addmm_`: it was faster still but not bit-identical for every shape
+    (tests/test_lora_merge.py). Other dtypes and devices go through the reference expression."""
+    a, b = a.float(), b.float()
+    if w.dtype != torch.float32 or w.device.type != "cpu" or a.device.type != "cpu":
+        w.copy_((w.float() + scale * (b @ a).to(w.device)).to(w.dtype))
+        return
+    d = b @ a
+    w.add_(d if scale == 1.0 else d.mul_(scale))
+
+
+@torch.no_grad()
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraConfig:
     """Merge a saved delta into a plain (un-wrapped) model in place, and give it the delta's RoPE.
     Strict: every tensor must land, so a delta for another architecture fails loudly."""
@@ -143,8 +158,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraConfig:
         a, b = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
         if a is None or b is None:
             raise ValueError(f"{adapter_dir}: no LoRA weights for {name}")
-        w = lin.weight
-        w.copy_((w.float() + cfg.scale * (b.float() @ a.float()).to(w.device)).to(w.dtype))
+        merge_delta(lin.weight, a, b, cfg.scale)
         used |= {f"{name}.lora_A", f"{name}.lora_B"}
     for name, norm in _norms(model).items():
         t = tensors.get(f"{name}.weight")

@@ -205,11 +205,11 @@ def test_chat_keeps_a_digest_and_says_so_on_stderr(home, tmp_path, tiny):
     path.write_text(DOC.text, encoding="utf-8")
     qs = ["Question number one?", "Question number two?", "Question number three?", "Question number four?",
           "Question number five?"]
-    result = run("chat", path, "--model", model, "-n", "4", *KNOBS, input="\n".join(qs) + "\n")
+    result = run("chat", path, "--model", model, "--max-new-tokens", "4", *KNOBS, input="\n".join(qs) + "\n")
     rows = store.recent_answers(store.open_db(), 10)[::-1]
     assert [r["question"] for r in rows] == qs and rows[0]["dropped_turns"] == 0 and rows[-1]["dropped_turns"] >= 2
     changes = [r["dropped_turns"] for i, r in enumerate(rows) if r["dropped_turns"] != (rows[i - 1]["dropped_turns"] if i else 0)]
-    assert result.stderr.count("note:") == len(changes) and "note:" not in result.stdout
+    assert result.stderr.count("no longer fit beside the document") == len(changes) and "note:" not in result.stdout
     for dropped in changes:
         assert f"note: {dropped} earlier turns no longer fit beside the document; kept as a digest\n" in result.stderr \
             or f"note: {dropped} earlier turn no longer fit beside the document; kept as a digest\n" in result.stderr

@@ -229,7 +229,7 @@ def check_spans(spans: list[dict], doc: Document, fields: tuple[str, ...]) -> No
 def test_ask_json_audit_log(model_home, irc_file):
     doc = load(str(irc_file))
     knobs = ["--top-k", "96", "--n-blocks", "4", "--local-window", "32"]  # the DSA knobs reach the model
-    out = json.loads(run("ask", irc_file, "Who buys music from iTunes?", "--json", "-n", NEW, *knobs).stdout)
+    out = json.loads(run("ask", irc_file, "Who buys music from iTunes?", "--json", "--max-new-tokens", NEW, *knobs).stdout)
     assert (out["dsa"]["top_k"], out["dsa"]["n_blocks"], out["dsa"]["local_window"]) == (96, 4, 32)
     assert out["answer"].strip() and out["question"] == "Who buys music from iTunes?"
     assert out["mode"] == "sparse" and out["model"] == models.DEFAULT_MODEL
@@ -237,11 +237,11 @@ def test_ask_json_audit_log(model_home, irc_file):
     tokens = out["tokens"]
     assert 0 < tokens["document"] < tokens["prompt"] and 1 <= tokens["new"] <= int(NEW)
     assert {"load_s", "prefill_s", "decode_s", "tokens_per_s", "cached_prefix_tokens"} <= set(out["timings"])
-    assert out["native_window"] == 8192 and out["rope_factor"] == 1.0 and out["stop_reason"] in ("eos", "length")
+    assert out["native_window"] == 8192 and out["rope_factor"] == 1.0 and out["stop_reason"] in ("eos", "max_tokens")
     check_spans(out["spans"], doc, ("message", "speaker", "time", "line"))
     assert all(s["label"].startswith(f"message {s['message']} — {s['speaker']}") for s in out["spans"])
     # the log has it, and audit shows the very same spans
-    assert out["id"] and db_counts(model_home) == {"documents": 1, "sessions": 0, "answers": 1,
+    assert out["id"] and db_counts(model_home) == {"documents": 1, "sessions": 1, "answers": 1,
                                                     "spans": len(out["spans"])}
     audit = json.loads(run("audit", out["id"], "--json").stdout)
     assert audit["answer"] == out["answer"] and audit["prompt_tokens"] == tokens["prompt"]
@@ -259,7 +259,7 @@ def test_ask_json_audit_log(model_home, irc_file):
     assert "Who buys music from iTunes?" in run("log", "-n", "1").stdout
     assert json.loads(run("documents", "--json").stdout)[0]["answers"] == 1
     # --no-log answers without writing
-    run("ask", irc_file, "Who is Seveas?", "--json", "-n", "2", "--no-log")
+    run("ask", irc_file, "Who is Seveas?", "--json", "--max-new-tokens", "2", "--no-log")
     assert db_counts(model_home)["answers"] == 1
 
 
@@ -307,7 +307,7 @@ def long_sample(tmp: Path, fmt: str) -> Path:
 def test_ask_cites_every_format_in_its_own_terms(model_home, tmp_path, fmt, fields, label):
     path = long_sample(tmp_path, fmt)
     doc = load(str(path))
-    out = json.loads(run("ask", path, "Where is the warehouse?", "--json", "-n", "4").stdout)
+    out = json.loads(run("ask", path, "Where is the warehouse?", "--json", "--max-new-tokens", "4").stdout)
     assert out["document"]["format"] == doc.format and out["tokens"]["document"] > 250
     check_spans(out["spans"], doc, fields)
     assert all(re.match(label, s["label"]) for s in out["spans"]), [s["label"] for s in out["spans"]]
@@ -324,7 +324,7 @@ def test_ask_streams_dense_markdown(model_home, tmp_path):
     md.write_text("# Store policy\n\n" + "".join(f"## {h}\n\n{(t + ' ') * 4}\n\n" for h, t in sections),
                   encoding="utf-8")
     doc = load(str(md))
-    result = run("ask", md, "How long do I have to return an item?", "--dense", "-n", NEW, "--spans", "3")
+    result = run("ask", md, "How long do I have to return an item?", "--dense", "--max-new-tokens", NEW, "--spans", "3")
     row = store.recent_answers(store.open_db(), 1)[0]
     assert row["mode"] == "dense" and json.loads(row["dsa"])["mode"] == "dense"
     out = result.stdout
@@ -345,7 +345,7 @@ def test_ask_encrypted_pdf_with_password(model_home, tmp_path):
     pages[1] += "\nGoverning law: this agreement is governed by the laws of Texas."
     pdf = corpus.make_pdf(tmp_path / "locked.pdf", pages, password="hunter2")
     expect_error("ask", pdf, "Which law?", name=str(pdf), reason="encrypted PDF")
-    out = json.loads(run("ask", pdf, "Which law governs?", "--password", "hunter2", "--json", "-n", "4").stdout)
+    out = json.loads(run("ask", pdf, "Which law governs?", "--password", "hunter2", "--json", "--max-new-tokens", "4").stdout)
     doc = load(str(pdf), password="hunter2")
     check_spans(out["spans"], doc, ("page", "page_label"))
     assert all(s["label"].startswith(f"p. {s['page_label']}") for s in out["spans"])
@@ -384,7 +384,7 @@ def test_too_long_document(model_home, tmp_path, tokenizer, monkeypatch):
 
 @pytest.mark.integration
 def test_chat_sessions(model_home, irc_file):
-    result = run("chat", irc_file, "-n", NEW, input="Who is Amaranth?\n\nWhat does Seveas say?\nexit\n")
+    result = run("chat", irc_file, "--max-new-tokens", NEW, input="Who is Amaranth?\n\nWhat does Seveas say?\nexit\n")
     m = re.search(r"Chatting about (.+) \(session (\w+)\)", result.stdout)
     assert m and m.group(1) == str(irc_file)
     sid = m.group(2)
@@ -395,14 +395,14 @@ def test_chat_sessions(model_home, irc_file):
     assert result.stdout.count("Selected source spans") == 2 and first[0]["answer"] in result.stdout
     assert db["spans"].count > 0 and db["sessions"].count == 1
 
-    result = run("chat", "-c", "-n", NEW, input="And who is monchichi?\n")  # EOF ends the chat
+    result = run("chat", "-c", "--max-new-tokens", NEW, input="And who is monchichi?\n")  # EOF ends the chat
     assert f"Continuing session {sid} on {Path(irc_file).resolve()} (2 earlier turns)." in result.stdout
     hist = store.recent_answers(db, 10, sid)[::-1]
     assert len(hist) == 3 and hist[2]["prompt_tokens"] > hist[1]["prompt_tokens"]
 
-    other = re.search(r"\(session (\w+)\)", run("chat", irc_file, "-n", NEW, input="Hi?\n").stdout).group(1)
+    other = re.search(r"\(session (\w+)\)", run("chat", irc_file, "--max-new-tokens", NEW, input="Hi?\n").stdout).group(1)
     assert other != sid and store.get_session(db)["id"] == other  # now the latest
-    result = run("chat", "--session", sid, "-n", NEW, input="Anything else?\n")
+    result = run("chat", "--session", sid, "--max-new-tokens", NEW, input="Anything else?\n")
     assert f"Continuing session {sid}" in result.stdout and "(3 earlier turns)" in result.stdout
     assert [a["question"] for a in store.recent_answers(db, 10, sid)][0] == "Anything else?"
     assert len(store.recent_answers(db, 10, other)) == 1
@@ -414,14 +414,14 @@ def test_many_questions_one_read_then_the_document_cache(model_home, irc_file, t
     qfile = tmp_path / "questions.txt"
     qfile.write_text("Who is Amaranth?\n\nWhat does Seveas say?\n", encoding="utf-8")
     out = json.loads(run("ask", irc_file, "-q", "Who buys music from iTunes?", "--questions", qfile, "--json",
-                         "-n", NEW).stdout)
+                         "--max-new-tokens", NEW).stdout)
     assert [o["question"] for o in out] == ["Who buys music from iTunes?", "Who is Amaranth?", "What does Seveas say?"]
     assert [o["timings"]["prefix_cache"] for o in out] == ["none", "memory", "memory"]  # the document read once
     assert len({o["id"] for o in out}) == 3 and db_counts(model_home)["answers"] == 3
 
-    again = run("ask", irc_file, "Who is Amaranth?", "-n", NEW)  # a new command starts from the disk cache
+    again = run("ask", irc_file, "Who is Amaranth?", "--max-new-tokens", NEW)  # a new command starts from the disk cache
     assert "from the document cache" in again.stderr and "document from cache" in again.stdout
-    plain = json.loads(run("ask", irc_file, "Who is Amaranth?", "-n", NEW, "--json", "--no-cache").stdout)
+    plain = json.loads(run("ask", irc_file, "Who is Amaranth?", "--max-new-tokens", NEW, "--json", "--no-cache").stdout)
     assert plain["timings"]["prefix_cache"] == "none" and plain["answer"] == out[1]["answer"]
 
     [entry] = json.loads(run("cache", "list", "--json").stdout)
@@ -440,7 +440,7 @@ def test_chat_digests_oldest_turns_and_says_so(model_home, irc_file, tokenizer, 
     window = bare + int(NEW) + 45  # room for about one earlier turn beside the document
     monkeypatch.setattr(models.LoadedModel, "context_window", property(lambda self: window))
     qs = ["Question number one?", "Question number two?", "Question number three?", "Question number four?"]
-    result = run("chat", irc_file, "-n", NEW, input="\n".join(qs) + "\n")
+    result = run("chat", irc_file, "--max-new-tokens", NEW, input="\n".join(qs) + "\n")
     notes = re.findall(r"^note: (\d+) earlier turns? no longer fit beside the document; (kept as a digest|left out)",
                        result.stderr, flags=re.M)
     assert notes and "note:" not in result.stdout
@@ -482,7 +482,7 @@ def test_ask_shows_logs_and_audits_quotes(home, tmp_path, scripted):
     path = write_contract(tmp_path / "contract.txt")
     text = path.read_text()
     knobs = [a for k, v in TINY_DSA.items() for a in ("--" + k.replace("_", "-"), v)]
-    out = json.loads(run("ask", path, "What notice is needed?", "--json", "--model", scripted, "-n", "4", *knobs).stdout)
+    out = json.loads(run("ask", path, "What notice is needed?", "--json", "--model", scripted, "--max-new-tokens", "4", *knobs).stdout)
     assert out["answer"] == SCRIPTED and out["short_answer"] == "Ninety days." and out["absent"] is False
     good, bad = out["quotes"]
     assert good["verified"] and text[good["char_start"]:good["char_end"]] == good["text"]
@@ -492,7 +492,7 @@ def test_ask_shows_logs_and_audits_quotes(home, tmp_path, scripted):
     audit = json.loads(run("audit", out["id"], "--json").stdout)
     assert [(q["text"], q["verified"], q["char_start"]) for q in audit["quotes"]] == [
         (q["text"], q["verified"], q["char_start"]) for q in out["quotes"]]
-    shown = run("ask", path, "What notice is needed?", "--model", scripted, "-n", "4", *knobs).stdout
+    shown = run("ask", path, "What notice is needed?", "--model", scripted, "--max-new-tokens", "4", *knobs).stdout
     assert shown.startswith(SCRIPTED)  # the raw text streams first
     assert f'Quoted from line 4: "{good["text"]}"' in shown
     assert f'Unverified quote (not found in the document): "{bad["text"]}"' in shown

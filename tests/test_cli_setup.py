@@ -76,6 +76,23 @@ def test_busy_cpus_reads_the_machine():
     assert 0.0 <= busy <= (os.cpu_count() or 1)
 
 
+def test_busy_cpus_sampled_early_leaves_out_this_process(monkeypatch):
+    """The first /proc/stat read is taken when the options are read; what this process itself used before the
+    second (loading the document, importing torch) does not count as busy, and no interval is slept."""
+    readings = iter([(1000, 500), (1300, 600)])  # 300 ticks of 2 CPUs, 100 idle: 200 busy
+    own = iter([1.0, 2.0])  # this process: 1 s of CPU = 100 ticks of those 200
+    slept = []
+    monkeypatch.setattr(cli_setup, "_cpu_ticks", lambda: next(readings))
+    monkeypatch.setattr(cli_setup, "_own_cpu_s", lambda: next(own))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(cli_setup.time, "sleep", slept.append)
+    cli_setup.start_busy_sample()
+    monkeypatch.setattr(cli_setup.time, "monotonic", lambda: 1e9)  # long after the sample
+    assert cli_setup._busy_cpus() == pytest.approx(2 * 100 / 300)
+    assert slept == [0.0]
+
+
 def test_use_threads(monkeypatch, torch_threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cli_setup.use_threads(1) == 1 == torch.get_num_threads()
@@ -102,7 +119,7 @@ def test_ask_runs_the_model_with_the_threads_asked_for(home, tmp_path, monkeypat
 
     monkeypatch.setattr(engine, "generate", spy)
     doc = write_contract(tmp_path / "c.txt")
-    out = run("ask", doc, "What notice is needed?", "--model", tiny, "-n", "2", "--no-log", "--no-cache", *KNOBS, *args)
+    out = run("ask", doc, "What notice is needed?", "--model", tiny, "--max-new-tokens", "2", "--no-log", "--no-cache", *KNOBS, *args)
     assert seen == [expected]
     assert f"tok/s · {expected} thread{'s' if expected > 1 else ''}" in out.stdout  # the summary line says so
 
@@ -113,7 +130,7 @@ def test_chat_runs_the_model_with_the_threads_asked_for(home, tmp_path, monkeypa
     real = engine.generate
     monkeypatch.setattr(engine, "generate", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     doc = write_contract(tmp_path / "c.txt")
-    run("chat", doc, "--model", tiny, "-n", "2", "--no-cache", "--threads", "1", *KNOBS, input="What notice?\nexit\n")
+    run("chat", doc, "--model", tiny, "--max-new-tokens", "2", "--no-cache", "--threads", "1", *KNOBS, input="What notice?\nexit\n")
     assert seen == [1]
 
 
@@ -183,7 +200,7 @@ def test_first_ask_shows_the_conversion(home, irc_file, real_model_dir, monkeypa
         return out
 
     monkeypatch.setattr(models, "_convert", convert)
-    result = run("ask", irc_file, "Who has a sound problem?", "-n", "2", "--no-log", "--no-cache", "--json")
+    result = run("ask", irc_file, "Who has a sound problem?", "--max-new-tokens", "2", "--no-log", "--no-cache", "--json")
     assert converted == [models.default_model_dir()]
     lines = result.stderr.splitlines()
     start = lines.index(cli_setup.ConversionStatus.HEADER)

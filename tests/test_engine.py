@@ -45,7 +45,7 @@ def test_generate_streams_the_final_text(tiny, tokenizer):
     ids = tokenizer("Hello there, how are you?", add_special_tokens=False)["input_ids"]
     pieces = []
     gen = generate(tiny, tokenizer, ids, max_new_tokens=12, on_text=pieces.append)
-    assert gen.stop_reason == "length" and gen.new_tokens == 12 and gen.prompt_tokens == len(ids)
+    assert gen.stop_reason == "max_tokens" and gen.new_tokens == 12 and gen.prompt_tokens == len(ids)
     assert "".join(pieces).strip() == gen.text == tokenizer.decode(gen.token_ids, skip_special_tokens=True).strip()
     again = generate(tiny, tokenizer, ids, max_new_tokens=5)  # greedy: deterministic, a prefix of the longer run
     assert again.token_ids == gen.token_ids[:5]

@@ -168,7 +168,7 @@ def test_disk_full_after_the_answer_keeps_it(home, tmp_path, tiny, monkeypatch):
         pages = db.conn.execute("pragma page_count").fetchone()[0]
         db.conn.execute(f"pragma max_page_count = {pages}")
     wall_after_generation(monkeypatch, home, fill_disk)
-    line = fails("ask", doc, "What?", "--model", tiny, "-n", "3", name=str(home / "docreader.db"),
+    line = fails("ask", doc, "What?", "--model", tiny, "--max-new-tokens", "3", name=str(home / "docreader.db"),
                  reason="not logged: ", stdout=None)
     assert "the disk is full (database or disk is full)" in line
     out = kept_answer(line, home)
@@ -179,7 +179,7 @@ def test_disk_full_after_the_answer_keeps_it(home, tmp_path, tiny, monkeypatch):
 def test_lock_after_the_answer_keeps_it(home, contract, tiny, quick_lock, monkeypatch):
     holders = []
     wall_after_generation(monkeypatch, home, lambda db: holders.append(hold_lock(home, "EXCLUSIVE")))
-    result = invoke("ask", contract, "Who?", "--model", tiny, "-n", "3")
+    result = invoke("ask", contract, "Who?", "--model", tiny, "--max-new-tokens", "3")
     line = result.stderr.strip().splitlines()[-1]
     assert result.exit_code == 1 and "the log is locked by another process (waited 0.05 s)" in line
     out = kept_answer(line, home)
@@ -303,15 +303,15 @@ def test_chat_without_an_answer_leaves_no_session(home, contract, tiny, monkeypa
     def killed(*a, **k):
         raise KeyboardInterrupt  # Ctrl-C (or a kill) while the first answer is generated
     monkeypatch.setattr(engine.Reader, "ask", killed)
-    result = invoke("chat", contract, "--model", tiny, input="Who?\n")
-    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "error: interrupted"
+    result = invoke("chat", contract, "--model", tiny, input="Who?\n")  # the chat goes on, then ends at EOF
+    assert result.exit_code == 0 and "interrupted before the answer began" in result.stderr
     assert db_counts(home) == NO_ROWS
 
 
 def test_chat_session_row_comes_with_its_first_answer(home, contract, tiny):
-    out = invoke("chat", contract, "--model", tiny, "-n", "2", input="Who?\nWhen?\n").stdout
+    out = invoke("chat", contract, "--model", tiny, "--max-new-tokens", "2", input="Who?\nWhen?\n").stdout
     assert db_counts(home)["sessions"] == 1 and db_counts(home)["answers"] == 2
     row = store.get_session(store.open_db())
     assert row["model"] == tiny and f"(session {row['id']})" in out
-    again = invoke("chat", "-c", "-n", "2", input="Why?\n").stdout
+    again = invoke("chat", "-c", "--max-new-tokens", "2", input="Why?\n").stdout
     assert f"Continuing session {row['id']}" in again and db_counts(home)["answers"] == 3

@@ -17,6 +17,7 @@ from test_langchain_support import LONG_CONTRACT, TINY_DSA, tiny_model_dir, writ
 
 import docreader.langchain as dl  # noqa: E402
 from docreader import store  # noqa: E402
+from docreader.quotes import parse  # noqa: E402
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -69,7 +70,7 @@ def check(ns: dict, doc: Path) -> list[ToolMessage]:
     assert str(doc.resolve()) in listed.content
     assert ns["reply"].content == "Done: see answer #1."
     row = store.get_answer(store.open_db(), 1)  # logged like `docreader ask`
-    assert asked.content.startswith(row["answer"])
+    assert asked.content.startswith(f"Answer: {parse(row['answer']).answer}\n")  # the short answer first
     return tool_msgs
 
 
@@ -93,8 +94,9 @@ def test_real_model_agent_loop_and_chat_model(model_home, tmp_path, capsys, monk
         print(f"  {s['rank']}. [{s['label']}] {s['score']:.3f} {s['text']!r}")
     # no assertion on what the 135M model answers (that is bench/'s job); the pipeline must produce one,
     # with spans that quote lines of the contract
-    assert asked.content.split("\n\n[answer #1 on ")[0].strip()
+    assert asked.content.split("\n")[0].removeprefix("Answer: ").strip()
     assert all(re.fullmatch(r"line \d+( – line \d+)?", s["label"]) for s in asked.artifact)
+    assert re.search(r'\n1\. lines? \d+(–\d+)?: "', asked.content)  # the top passage, quoted with its lines
 
     llm = dl.ChatDocreader(document=str(doc), max_tokens=16)
     streamed = "".join(c.content for c in llm.stream("What notice does a party need to give to end it?"))

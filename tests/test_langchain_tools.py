@@ -4,6 +4,7 @@ $DOCREADER_HOME (the `home` fixture from conftest.py)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_langchain_support import TINY_DSA, tiny_model_dir, write_contract  # noqa: E402
 
 from docreader import store  # noqa: E402
+from docreader.quotes import parse  # noqa: E402
 from docreader.langchain import ask_document, audit_answer, docreader_tools, list_documents  # noqa: E402
 
 
@@ -47,7 +49,7 @@ def test_ask_audit_list_share_the_log(tools, home, tmp_path):
     assert spans and all(s["text"] == text[s["char_start"]:s["char_end"]] and s["answer_id"] == 1 for s in spans)
     db = store.open_db()  # $DOCREADER_HOME/docreader.db, the CLI's log
     row = store.get_answer(db, 1)
-    assert row["question"] == "What law governs?" and msg.content.startswith(row["answer"])
+    assert row["question"] == "What law governs?" and msg.content.startswith(f"Answer: {parse(row['answer']).answer}\n")
     assert [s["rank"] for s in row["spans"]] == [s["rank"] for s in spans]
 
     audit = call(tools["audit_answer"], {"answer_id": 1}, "c2")
@@ -122,3 +124,43 @@ def test_chat_model_keeps_to_its_root(tools, home, tmp_path):
             call_it()
     write_contract(tmp_path / "contract.txt")
     assert llm.invoke("What law?", document="contract.txt").content is not None
+
+
+# -- what ask_document tells the agent (issue 19: "p. 2; p. 2; p. 2" said nothing quotable) ---------------
+
+def test_ask_document_quotes_its_top_passages_with_page_and_line(tools, home, tmp_path):
+    from corpus import make_pdf
+    pages = ["SUPPLY AGREEMENT\n1. Term. Three years from 1 March 2024.\n2. Notice. Ninety days written notice.",
+             "3. Governing law. The laws of the State of Delaware.\n4. Payment. Invoices are due in thirty days."]
+    doc = make_pdf(tmp_path / "contract.pdf", pages)
+    msg = call(tools["ask_document"], {"path": str(doc), "question": "What law governs?"})
+    lines = msg.content.splitlines()
+    assert lines[0].startswith("Answer: ") and "Passages the model read most" in msg.content
+    listed = [ln for ln in lines if re.match(r"\d+\. ", ln)]
+    assert len(listed) == min(3, len(msg.artifact)) >= 1
+    for ln, span in zip(listed, msg.artifact):
+        m = re.fullmatch(r'(\d+)\. (p\. \d+), lines? (\d+)(?:–(\d+))?: "(.*)"', ln)
+        assert m, ln
+        assert int(m[1]) == span["rank"] and m[2] == span["label"]
+        assert m[5] == " ".join(span["text"].split())  # the passage itself, not only where it is
+    assert msg.content.endswith(f"audit_answer(1) lists all {len(msg.artifact)} passages]")
+
+
+def test_summary_places_verified_quotes_by_page_and_line(tmp_path):
+    from types import SimpleNamespace
+
+    from corpus import make_pdf
+
+    from docreader.langchain._readers import document_for
+    from docreader.langchain.passages import answer_summary
+    from docreader.quotes import verify
+    doc = document_for(make_pdf(tmp_path / "c.pdf", ["Cover page\nNothing here.",
+                                                    "Recitals.\nThe laws of the State of Delaware govern."]),
+                       root_dir=tmp_path)
+    quotes = [verify("The laws of the State of Delaware govern.", doc), verify("Texas law applies", doc)]
+    ans = SimpleNamespace(document=doc, quotes=quotes, spans=[], answer_text="Delaware.", text="", id=None)
+    assert answer_summary(ans).splitlines() == [
+        "Answer: Delaware.",
+        'Quoted from p. 2, line 2: "The laws of the State of Delaware govern."',
+        'Unverified quote (not found in the document): "Texas law applies"',
+        f"[answer (not logged) on {doc.path}]"]

@@ -34,11 +34,13 @@ def test_sample_pdf_pages():
     pages = kinds(doc, "page")
     assert doc.format == "pdf" and doc.kind == "contract"
     assert len(pages) == doc.meta["pages"] == 10
-    assert [p.label for p in pages[:2]] == ["p. 1", "p. 2"]
+    assert [p.label for p in pages[:2]] == ["PDF page 1", "PDF page 2"]
     assert pages[0].meta == {"page": 1, "page_label": "1"}
     assert "DISTRIBUTOR" in doc.text[pages[0].start:pages[0].end]
     at = doc.text.index("RECITALS")
-    assert doc.locate(at, at + 8)["label"] == "p. 1"
+    assert doc.locate(at, at + 8)["label"] == "PDF page 1"  # the pages print no number of their own
+    # the last page prints "Page -14-" in its footer: cited as that, with its index for a viewer's page box
+    assert (pages[9].label, pages[9].meta) == ("p. 14 (PDF page 10)", {"page": 10, "page_label": "14"})
 
 
 def test_sample_markdown_book_chapters():

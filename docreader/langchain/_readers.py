@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from ..document import Document
 from ..engine import Reader
 from ..errors import DocreaderError
 from ..loaders import load as load_document
+from .file_blocks import InlineFile, load_inline
 
 GENERATION_LOCK = threading.RLock()
 _READERS: dict[tuple, "LCReader"] = {}
@@ -59,13 +61,22 @@ def document_for(path: str | os.PathLike, format: str | None = None, password: s
         st = p.stat()
     except OSError as e:
         raise DocreaderError(f"cannot read the document ({e.strerror or e})", path=str(path)) from None
-    key = (str(p), st.st_size, st.st_mtime_ns, format)
+    return _cached((str(p), st.st_size, st.st_mtime_ns, format),
+                   lambda: load_document(str(p), format=format, password=password))
+
+
+def inline_document(f: InlineFile, password: str | None = None) -> Document:
+    """A document sent as bytes in a message (see file_blocks), loaded once per content and name."""
+    return _cached(("inline", f.sha256, f.name), lambda: load_inline(f, password))
+
+
+def _cached(key: tuple, load: Callable[[], Document]) -> Document:
     with _POOL_LOCK:
         doc = _DOCS.get(key)
         if doc is not None:
             _DOCS.move_to_end(key)
             return doc
-    doc = load_document(str(p), format=format, password=password)
+    doc = load()
     with _POOL_LOCK:
         _DOCS[key] = doc
         while len(_DOCS) > _DOCS_MAX:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
-
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+
+from .file_blocks import InlineFile, file_ref
 
 
 class Emitter:
@@ -53,22 +53,17 @@ def _text_of(message: BaseMessage) -> str:
                    if isinstance(b, str) or b.get("type") in ("text", "text-plain"))
 
 
-def _document_in(message: BaseMessage) -> str | None:
+def _document_in(message: BaseMessage) -> str | InlineFile | None:
     found = message.additional_kwargs.get("document")
     for b in message.content if isinstance(message.content, list) else []:
         if isinstance(b, dict) and b.get("type") == "file":
-            ref = b.get("path") or b.get("url")
-            if not ref:
-                raise ValueError("ChatDocreader reads local files only: give a file block a 'url' (file://) or 'path'")
-            u = urlparse(ref)
-            if u.scheme not in ("", "file") and len(u.scheme) > 1:  # (one letter: a Windows drive)
-                raise ValueError(f"ChatDocreader reads local files only, not {u.scheme}: URLs")
-            found = unquote(u.path) if u.scheme == "file" else ref
+            found = file_ref(b)
     return found
 
 
-def to_docreader(messages: list[BaseMessage]) -> tuple[str | None, list[tuple[str, str]], str, str | None]:
-    """(system or None, history [(question, answer)], question, document from the messages or None)."""
+def to_docreader(messages: list[BaseMessage]) -> tuple[str | None, list[tuple[str, str]], str, str | InlineFile | None]:
+    """(system or None, history [(question, answer)], question, document from the messages or None: a path
+    or inline bytes, from the latest message that has one)."""
     system, turns, document = [], [], None  # turns: [role, text] with consecutive roles joined
     for m in messages:
         document = _document_in(m) or document

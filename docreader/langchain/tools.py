@@ -8,15 +8,20 @@ CLI and write to the same SQLite log ($DOCREADER_HOME/docreader.db unless db_pat
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .. import store
 from ..errors import DocreaderError
 from ..quotes import quote_line
 from ._readers import GENERATION_LOCK, allowed_path, document_for, reader_for
+from .args import check_call, checked_init
+from .passages import answer_summary
+
+DSA_KNOBS = ("top_k", "n_blocks", "local_window", "sink_tokens")
 
 
 class AskArgs(BaseModel):
@@ -41,6 +46,11 @@ class _DocreaderTool(BaseTool):
     response_format: str = "content_and_artifact"
     handle_tool_error: bool = True  # a bad path or id goes back to the agent as the tool's message
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_args(cls, values: Any) -> Any:
+        return checked_init(cls, values, remote_only=())
+
     def _run(self, *args: Any, **kwargs: Any) -> tuple[str, Any]:
         kwargs.pop("run_manager", None)
         try:
@@ -59,10 +69,19 @@ class _DocreaderTool(BaseTool):
 class AskDocumentTool(_DocreaderTool):
     name: str = "ask_document"
     description: str = ("Answer a question from the WHOLE document at `path` with docreader's local model. Returns "
-                        "the answer, its log id and where in the document the model's sparse attention read.")
+                        "the answer, the passages it quotes (checked against the document) and the passages "
+                        "the model read most, each quoted with its page/line, and the answer's log id.")
     args_schema: type[BaseModel] = AskArgs
-    max_new_tokens: int = 256
+    max_new_tokens: int = Field(default=256, ge=1)
     overrides: dict = Field(default_factory=dict)  # DSA knobs: top_k, n_blocks, local_window, sink_tokens
+    passages: int = Field(default=3, ge=0)
+    """How many of the most-read passages the content quotes (the artifact has them all)."""
+
+    @field_validator("overrides")
+    @classmethod
+    def _knobs(cls, v: dict) -> dict:
+        check_call("AskDocumentTool overrides", v, DSA_KNOBS)
+        return v
 
     def _call(self, path: str, question: str) -> tuple[str, list[dict]]:
         reader = reader_for(self.model, self.overrides, self.db_path)
@@ -70,11 +89,7 @@ class AskDocumentTool(_DocreaderTool):
         with GENERATION_LOCK:
             ans = reader.ask(doc, question, max_new_tokens=self.max_new_tokens)
         spans = ans.to_json()["spans"]
-        where = "; ".join(s["label"] for s in spans[:3] if s["label"]) or "no spans selected"
-        quoted = "".join(f"\n{quote_line(q.to_json())}" for q in ans.quotes)
-        content = (f"{ans.text}\n{quoted}\n[answer #{ans.id} on {doc.path}; most-read parts: {where}; "
-                   f"audit_answer({ans.id}) quotes them]")
-        return content, [{**s, "document": doc.path, "answer_id": ans.id} for s in spans]
+        return answer_summary(ans, self.passages), [{**s, "document": doc.path, "answer_id": ans.id} for s in spans]
 
 
 class AuditAnswerTool(_DocreaderTool):
@@ -82,6 +97,9 @@ class AuditAnswerTool(_DocreaderTool):
     description: str = "Show a logged answer again with the document spans its sparse attention read, quoted."
     args_schema: type[BaseModel] = AuditArgs
     quote_chars: int = 300
+    html_dir: str | None = None
+    """When set, each call also writes the answer's audit page (`docreader audit ID --html`) into this directory
+    and returns its path as the artifact (instead of the answer's dict)."""
 
     def _call(self, answer_id: int) -> tuple[str, dict]:
         db = store.open_db(self.db_path)
@@ -99,6 +117,11 @@ class AuditAnswerTool(_DocreaderTool):
             quote = " ".join(s["text"].split())
             quote = quote if len(quote) <= self.quote_chars else quote[: self.quote_chars - 1] + "…"
             lines.append(f"{s['rank']}. [{s['label']}] chars {s['char_start']}-{s['char_end']}: \"{quote}\"")
+        if self.html_dir:
+            from ..audit_record import load_record
+            from ..cli_audit import write_html
+            page = write_html(load_record(db, answer_id), Path(self.html_dir) / f"docreader-audit-{answer_id}.html")
+            return "\n".join(lines + [f"Audit page: {page}"]), str(page)
         return "\n".join(lines), out
 
 
@@ -114,11 +137,15 @@ class ListDocumentsTool(_DocreaderTool):
 
 
 def docreader_tools(model: str | None = None, db_path: str | None = None, max_new_tokens: int = 256,
-                    root_dir: str | None = None, **overrides: int | None) -> list[BaseTool]:
-    """[ask_document, audit_answer, list_documents] sharing one model, one log and one root directory."""
+                    root_dir: str | None = None, audit_html_dir: str | None = None,
+                    **overrides: int | None) -> list[BaseTool]:
+    """[ask_document, audit_answer, list_documents] sharing one model, one log and one root directory;
+    `audit_html_dir`: audit_answer writes audit pages there and returns their paths as its artifact.
+    `overrides`: the DSA knobs (top_k, n_blocks, local_window, sink_tokens); any other name is a TypeError."""
+    check_call("docreader_tools()", overrides, DSA_KNOBS)
     shared = {"model": model, "db_path": db_path, "root_dir": root_dir}
     return [AskDocumentTool(**shared, max_new_tokens=max_new_tokens, overrides=overrides),
-            AuditAnswerTool(**shared), ListDocumentsTool(**shared)]
+            AuditAnswerTool(**shared, html_dir=audit_html_dir), ListDocumentsTool(**shared)]
 
 
 ask_document, audit_answer, list_documents = docreader_tools()

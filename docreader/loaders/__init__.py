@@ -13,7 +13,7 @@ from pathlib import Path
 from docreader.document import Document
 from docreader.errors import DocreaderError
 from docreader.loaders.budget import Budget
-from docreader.loaders.limits import UNZIP_FACTOR, read_input, resolve_max_bytes
+from docreader.loaders.limits import STDIN, STDIN_NAME, UNZIP_FACTOR, read_input, read_stdin, resolve_max_bytes
 from docreader.loaders.sniff import SUPPORTED_FORMATS, Sniffed, detect_format, sniff
 
 __all__ = ["load", "detect_format", "SUPPORTED_FORMATS"]
@@ -77,16 +77,18 @@ def load(path: str | Path, format: str | None = None, password: str | None = Non
     """Read any supported document; every failure is a one-line DocreaderError naming the file.
 
     Limits: `max_bytes` read, and a `Budget` of wall time and of output text: no more than a window of
-    `max_tokens` (default $DOCREADER_MAX_TOKENS, else 262,144) could hold."""
-    p = Path(path)
+    `max_tokens` (default $DOCREADER_MAX_TOKENS, else 262,144) could hold. `path` "-" reads standard input
+    (the document is then named "<stdin>")."""
+    stdin = str(path) == STDIN
+    p = Path(STDIN_NAME if stdin else path)
     where = str(p)
     limit = resolve_max_bytes(max_bytes)
     budget = Budget.from_env(where, max_tokens)
     fmt = _ALIASES.get(format.lower(), format.lower()) if format else None
     if fmt is not None and fmt not in SUPPORTED_FORMATS:
         raise DocreaderError(f"unknown format {format!r} (choose from {', '.join(SUPPORTED_FORMATS)})", path=where)
-    data = read_input(p, limit)
-    sniffed = sniff(data, where, p.suffix, budget) if fmt is None else Sniffed(fmt)  # a given format is not sniffed
+    data = read_stdin(limit) if stdin else read_input(p, limit)
+    sniffed = sniff(data, where, "" if stdin else p.suffix, budget) if fmt is None else Sniffed(fmt)  # a given format is not sniffed
     fmt = fmt or sniffed.format
     if fmt == "pdf":
         from docreader.loaders.pdf import load_pdf

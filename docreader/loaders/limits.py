@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 from pathlib import Path
 
 from docreader.errors import DocreaderError
@@ -12,6 +13,8 @@ from docreader.errors import DocreaderError
 DEFAULT_MAX_BYTES = 50_000_000
 MAX_BYTES_ENV = "DOCREADER_MAX_BYTES"
 UNZIP_FACTOR = 4  # a DOCX/EPUB may expand to this many times --max-bytes in total
+STDIN = "-"  # the file name that means "read the document from standard input"
+STDIN_NAME = "<stdin>"  # how such a document is named in errors, answers and the log
 
 
 def human_size(n: int, limit: bool = False) -> str:
@@ -79,4 +82,22 @@ def read_input(path: Path, max_bytes: int) -> bytes:
         raise DocreaderError(f"file is over the {human_size(max_bytes, limit=True)} limit (--max-bytes)", path=where)
     if not data:
         raise DocreaderError("empty document", path=where)
+    return data
+
+
+def read_stdin(max_bytes: int, stream=None) -> bytes:
+    """The document piped to standard input (`docreader ask - QUESTION < file`), with `read_input`'s limits.
+    A terminal on stdin is an error, not a silent wait for a document typed by hand."""
+    stream = stream if stream is not None else sys.stdin
+    if stream is None or stream.isatty():
+        raise DocreaderError("no document on standard input (pipe one in: `docreader ask - QUESTION < FILE`)",
+                             path=STDIN_NAME)
+    data = getattr(stream, "buffer", stream).read(max_bytes + 1)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if len(data) > max_bytes:
+        raise DocreaderError(f"input is over the {human_size(max_bytes, limit=True)} limit (--max-bytes)",
+                             path=STDIN_NAME)
+    if not data:
+        raise DocreaderError("empty document", path=STDIN_NAME)
     return data

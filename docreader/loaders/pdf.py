@@ -11,6 +11,7 @@ from docreader.errors import DocreaderError, one_line
 from docreader.loaders.budget import Budget
 from docreader.loaders.builder import TextBuilder
 from docreader.loaders.pdf_pages import extract_pages
+from docreader.loaders.pdf_printed import printed_numbers
 from docreader.loaders.pdf_work import check_work
 
 PAGE_SEPARATOR = "\n\n"
@@ -69,6 +70,19 @@ def page_labels(reader) -> list[str] | None:
     return labels if len(labels) == len(reader.pages) else None
 
 
+def page_name(i: int, labels: list[str] | None, printed: list[str | None]) -> tuple[str, str]:
+    """(page_label, the label shown) of page index i: the PDF's own label ("p. iii"); else the number printed
+    on the page, with its index for a viewer's page box ("p. 14 (PDF page 10)"); else the index ("p. 10"),
+    spelt "PDF page 10" in a document where other pages print numbers, so it is not read as a printed one."""
+    if labels:
+        return labels[i], f"p. {labels[i]}"
+    index = str(i + 1)
+    number = printed[i]
+    if number is None:
+        return index, f"PDF page {index}" if any(printed) else f"p. {index}"
+    return number, f"p. {number}" if number == index else f"p. {number} (PDF page {index})"
+
+
 def clean_page(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     text = re.sub(r"[ \t]+\n", "\n", text)
@@ -105,12 +119,13 @@ def load_pdf(path: str, data: bytes, password: str | None = None, budget: Budget
             raise DocreaderError("corrupt PDF (no page could be read)", path=path)
         raise DocreaderError("no extractable text — scanned?", path=path)
     b = TextBuilder(budget)
+    printed = [None] * n_pages if labels else printed_numbers(texts)
     for i, page_text in enumerate(texts):
         if i:
             b.write(PAGE_SEPARATOR)
         start, end = b.write(page_text or (UNDECODABLE_PAGE if i in bad else EMPTY_PAGE))
-        label = labels[i] if labels else str(i + 1)
-        b.add_region("page", start, end, f"p. {label}", {"page": i + 1, "page_label": label})
+        label, name = page_name(i, labels, printed)
+        b.add_region("page", start, end, name, {"page": i + 1, "page_label": label})
     meta: dict = {"kind": "contract", "pages": n_pages}
     blank = [i + 1 for i, t in enumerate(texts) if not t and i not in bad]
     if blank:
