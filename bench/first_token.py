@@ -3,10 +3,11 @@ from the spawn (what a user waits for), and the whole run.
 
     python -m bench.first_token [--runs 5] [--python .venv/bin/python] -- ask FILE -q "Q" -n 8
 
-Runs `python -c <docreader's CLI> ARGS` --runs times (after one warm-up run that is not counted unless
+Runs the `docreader` entry point installed beside --python (else `python -c <docreader's CLI>`) ARGS --runs times (after one warm-up run that is not counted unless
 --no-warmup) in the current directory, with the current environment ($DOCREADER_HOME decides which document
 cache and which `docreader serve` it meets), and prints each run and the median, min and max as JSON lines.
-A run that exits non-zero stops the bench.
+A run that exits non-zero stops the bench. The entry point is what users run, and `docreader serve` accepts
+only callers running its own interpreter and code, so a `python -c` caller would skip a running server.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ CLI = "import sys; sys.argv[0] = 'docreader'; from docreader.cli import app; sys
 def one_run(python: str, args: list[str]) -> dict:
     """Spawn the CLI once; -> first_token_s (first stdout byte), total_s, rc, the first bytes seen."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([python, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    script = os.path.join(os.path.dirname(python), "docreader")
+    cmd = [script] if os.access(script, os.X_OK) else [python, "-c", CLI]
+    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = os.read(proc.stdout.fileno(), 1)  # unbuffered: communicate() reads the rest from the fd
     t_first = time.perf_counter() - t0
     rest, err = proc.communicate()
