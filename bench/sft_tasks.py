@@ -159,29 +159,32 @@ def short_answer(category: str, texts: list[str]) -> str:
     return f"Yes, the agreement has {what}."
 
 
+def clause_example(name: str, doc: Document, category: str, gold: list[tuple[int, int]], rng: random.Random,
+                   meta: dict | None = None) -> Example:
+    """One clause question about doc: with gold ranges, quote the first clause (around its answer's value) and
+    answer shortly; without, answer ABSENT."""
+    asks = CONTRACT_QUESTIONS.get(category, ((f"What does the contract say about {category.lower()}?",), None))[0]
+    question = rng.choice(asks)
+    meta = {"category": category, **(meta or {})}
+    if not gold:
+        return Example("contract", name, doc, question, reply([], ABSENT), [], [], True, meta=meta)
+    s, e = gold[0]
+    texts = [doc.text[a:b] for a, b in gold]
+    answer = short_answer(category, texts)
+    value = answer.removeprefix("The laws of ").rstrip(".")
+    at = doc.text.find(value.split()[0] if value else "", s, e) if value else -1
+    quotes = [quote_at(doc.text, s, e, focus=at if at >= 0 else None)]
+    return Example("contract", name, doc, question, reply(quotes, answer), [one_line(t) for t in texts], gold, False,
+                   meta=meta)
+
+
 def contract_examples(row: dict, rng: random.Random, n_present: int | None, n_absent: int | None,
                       max_chars: int | None = None) -> list[Example]:
     """Questions about one CUAD contract (cut to max_chars at a line end): answerable ones quote the gold
     clause; a clause absent from the (kept) text answers ABSENT."""
     doc, kept = D.contract_document(row, max_chars)
-    out = []
-    for q in D.contract_questions(row, kept, n_present, n_absent):
-        cat = q["category"]
-        asks = CONTRACT_QUESTIONS.get(cat, ((f"What does the contract say about {cat.lower()}?",), None))[0]
-        question = rng.choice(asks)
-        if q["gold"]:
-            s, e = q["gold"][0]
-            texts = [doc.text[a:b] for a, b in q["gold"]]
-            answer = short_answer(cat, texts)
-            value = answer.removeprefix("The laws of ").rstrip(".")
-            at = doc.text.find(value.split()[0] if value else "", s, e) if value else -1
-            quotes = [quote_at(doc.text, s, e, focus=at if at >= 0 else None)]
-            out.append(Example("contract", row["name"], doc, question, reply(quotes, answer),
-                               [one_line(t) for t in texts], q["gold"], False, meta={"category": cat}))
-        else:
-            out.append(Example("contract", row["name"], doc, question, reply([], ABSENT), [], [], True,
-                               meta={"category": cat}))
-    return out
+    return [clause_example(row["name"], doc, q["category"], q["gold"], rng)
+            for q in D.contract_questions(row, kept, n_present, n_absent)]
 
 
 # what nearly every contract has, labelled or not: in a bundle "when was this agreement signed?" has no one answer
@@ -192,39 +195,24 @@ def contract_bundle_examples(rows: list[dict], rng: random.Random, n_per: int = 
     """Several whole CUAD contracts one after another as one document (a filing with its exhibits), so long
     windows hold a long contract-like document: a clause is asked about only where the bundle is
     unambiguous — its category is in exactly one member (answer: that clause) or in none (ABSENT)."""
-    parts, offsets, at = [], [], 0
-    for r in rows:
-        offsets.append(at)
-        parts.append(r["text"])
-        at += len(r["text"]) + 3
+    offsets = [0]
+    for r in rows[:-1]:
+        offsets.append(offsets[-1] + len(r["text"]) + 3)  # + the "\n\n\n" between members
     name = "+".join(r["name"] for r in rows)
-    doc = Document(f"bundle-{len(rows)}-{rows[0]['name']}.txt", "txt", "\n\n\n".join(parts), [],
+    doc = Document(f"bundle-{len(rows)}-{rows[0]['name']}.txt", "txt", "\n\n\n".join(r["text"] for r in rows), [],
                    {"kind": "contract", "members": [r["name"] for r in rows]})
     golds: dict[str, list[list[tuple[int, int]]]] = {}  # category -> per member: its gold ranges in the bundle
     for r, off in zip(rows, offsets):
         for q in r["questions"]:
-            g = [(off + s, off + e) for s, e in D.gold_ranges(q)]
-            golds.setdefault(q.get("category", ""), []).append(g)
+            golds.setdefault(q.get("category", ""), []).append([(off + s, off + e) for s, e in D.gold_ranges(q)])
     present = [(c, [g for g in gs if g][0]) for c, gs in golds.items()
                if sum(bool(g) for g in gs) == 1 and c not in EVERY_CONTRACT]
     absent = [c for c, gs in golds.items() if len(gs) == len(rows) and not any(gs)]
     rng.shuffle(present)
     rng.shuffle(absent)
-    out = []
-    for cat, gold in present[:n_per * len(rows)]:
-        s, e = gold[0]
-        texts = [doc.text[a:b] for a, b in gold]
-        answer = short_answer(cat, texts)
-        value = answer.removeprefix("The laws of ").rstrip(".")
-        hit = doc.text.find(value.split()[0], s, e) if value else -1
-        question = rng.choice(CONTRACT_QUESTIONS.get(cat, ((f"What does the contract say about {cat.lower()}?",), None))[0])
-        out.append(Example("contract", name, doc, question, reply([quote_at(doc.text, s, e, focus=hit if hit >= 0 else None)], answer),
-                           [one_line(t) for t in texts], gold, False, meta={"category": cat, "bundle": len(rows)}))
-    for cat in absent[:max(1, len(out) // 2)]:
-        question = rng.choice(CONTRACT_QUESTIONS.get(cat, ((f"What does the contract say about {cat.lower()}?",), None))[0])
-        out.append(Example("contract", name, doc, question, reply([], ABSENT), [], [], True,
-                           meta={"category": cat, "bundle": len(rows)}))
-    return out
+    meta = {"bundle": len(rows)}
+    out = [clause_example(name, doc, cat, gold, rng, meta) for cat, gold in present[:n_per * len(rows)]]
+    return out + [clause_example(name, doc, cat, [], rng, meta) for cat in absent[:max(1, len(out) // 2)]]
 
 
 FOLLOW_UPS = ("And {q}", "One more thing: {q}", "{q}", "Also, {q}")
