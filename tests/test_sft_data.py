@@ -168,6 +168,9 @@ def test_contract_bundle_asks_only_what_the_bundle_answers_unambiguously(corpus)
     for q in parse(e.reply).quotes:
         v = verify(q, e.document)
         assert v.verified and any(v.char_start < b and a < v.char_end for a, b in e.gold)
+    # a clause no contract must have, present in two members: ambiguous too, never asked
+    twice = dict(unique, name=train[2]["name"])
+    assert not [x for x in S.contract_bundle_examples([unique, twice], rng) if not x.absent]
     # nothing unique and nothing present: the clause absent from every member answers ABSENT
     plain = S.contract_bundle_examples([train[0], train[2]], rng)
     assert [(x.meta["category"], x.absent, x.reply) for x in plain] == [("Non-Compete", True, f"Answer: {S.ABSENT}")]
