@@ -4,7 +4,8 @@
     python -m bench.gpu_parts --lengths 4096 --device cpu        # smoke run (eager FlexAttention)
 
 The default model's attention shape (9 query heads over 3 KV heads of 64 dims, bf16) and the shipped DSA
-config. Indexer queries/keys are random unless --clustered: random keys make every query's selection
+config: the default path (Triton top-k for both selection stages, then each query gathering its own keys), its
+parts, and the FlexAttention path training uses (`DSA_GATHER=0`). Indexer queries/keys are random unless --clustered: random keys make every query's selection
 independent of its neighbours', the worst case for a 64-query tile's union of blocks; --clustered gives
 neighbouring queries the same indexer query (up to noise), as real text tends to. Times are medians of
 --repeat runs after a warm-up (which also compiles FlexAttention), in milliseconds.
@@ -13,7 +14,9 @@ neighbouring queries the same indexer query (up to noise), as real text tends to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -21,11 +24,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dsa import flex
+from dsa import flex, triton_attend, triton_select, triton_topk
 from dsa.attention import _block_means
 from dsa.config import DSAConfig
+from dsa.select import stage1_scores
 
 SHIPPED = Path(__file__).resolve().parents[1] / "dsa" / "weights" / "smollm2-135m" / "dsa_config.json"
+
+
+@contextlib.contextmanager
+def env(**values: str):
+    """Set environment variables (the paths `dsa.flex` reads at each call) for the block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def timed(fn, device: str, repeat: int) -> float:
@@ -76,16 +92,39 @@ def main() -> None:
         row = {"L": L, "clustered": args.clustered}
         row["dense_sdpa_ms"] = timed(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True,
                                                                             enable_gqa=True), args.device, args.repeat)
-        row["dsa_layer_ms"] = timed(lambda: flex.prefill(q, k, v, qi, wi, keys, means, qpos, cfg, 0.125, out),
-                                    args.device, args.repeat)
-        counts = flex.prefill(q, k, v, qi, wi, keys, means, qpos, cfg, 0.125, out)
+        layer = lambda: flex.prefill(q, k, v, qi, wi, keys, means, qpos, cfg, 0.125, out)  # noqa: E731
+        row["dsa_layer_ms"] = timed(layer, args.device, args.repeat)  # the default: Triton top-k + gather attention
+        with env(DSA_GATHER="0"):  # FlexAttention over the selection (what training runs)
+            row["flex_layer_ms"] = timed(layer, args.device, args.repeat)
+            counts = layer()
         row["tiles_frac"] = float(counts["tiles"] / counts["tiles_causal"])
         # the parts, for the last chunk of queries (the most expensive one), times the number of chunks
         n = -(-L // C)
         sl = slice(L - C, L)
-        row["select_ms"] = n * timed(lambda: flex.select_picks(qi[sl], wi[sl], keys, means, qpos[sl], cfg),
-                                     args.device, args.repeat)
-        _, picks = flex.select_picks(qi[sl], wi[sl], keys, means, qpos[sl], cfg)
+        pick = lambda: flex.select_picks(qi[sl], wi[sl], keys, means, qpos[sl], cfg)  # noqa: E731
+        row["select_ms"] = n * timed(pick, args.device, args.repeat)
+        with env(DSA_TRITON="0"):  # selection in PyTorch ops (torch.topk, stage 2's scores as tensor ops)
+            row["select_torch_ms"] = n * timed(pick, args.device, args.repeat)
+        if triton_topk.available(keys):  # the default selection's four steps (last chunk, times the chunks)
+            _, bscore = stage1_scores(qi[sl], wi[sl], means, qpos[sl], L, cfg)
+            blocks = triton_topk.topk_indices(bscore, cfg.n_blocks)
+            forced = flex.forced_slots(qpos[sl], cfg)
+            slots = torch.cat([blocks, forced], -1)
+            tscore = triton_select.stage2_scores(qi[sl], wi[sl].float(), keys, slots, qpos[sl], cfg.block_size,
+                                                 cfg.sink_tokens, cfg.local_window)
+            parts = {"stage1_scores": lambda: stage1_scores(qi[sl], wi[sl], means, qpos[sl], L, cfg),
+                     "stage1_topk": lambda: triton_topk.topk_indices(bscore, cfg.n_blocks),
+                     "stage2_scores": lambda: triton_select.stage2_scores(qi[sl], wi[sl].float(), keys, slots, qpos[sl],
+                                                                          cfg.block_size, cfg.sink_tokens, cfg.local_window),
+                     "stage2_topk": lambda: triton_topk.topk_indices(tscore, cfg.top_k)}
+            row["select_parts_ms"] = {k: round(n * timed(f, args.device, args.repeat), 2) for k, f in parts.items()}
+        _, picks = pick()
+        idx = triton_attend.key_lists(picks[None], qpos[sl], cfg.sink_tokens, cfg.local_window) \
+            if triton_attend.available(q) else None
+        if idx is not None:
+            o = out[None, sl]
+            row["gather_attend_ms"] = n * timed(lambda: triton_attend.attend(q[None, :, sl], k[None], v[None], idx, 0.125, o),
+                                                args.device, args.repeat)
         row["mask_and_tiles_ms"] = n * timed(lambda: (flex.picked_mask(picks, L, -(-C // 128) * 128),
                                                         flex.tile_blocks(picks, qpos[sl], L, cfg)),
                                                args.device, args.repeat)
@@ -94,11 +133,13 @@ def main() -> None:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"\none sparse layer, {dev}, {dtype}; selections {'clustered' if args.clustered else 'random'}\n")
-    print("| tokens | flash SDPA ms | DSA layer ms | × | selection ms | mask + tile list ms | tiles visited |")
+    print("| tokens | flash SDPA ms | DSA layer ms | × | selection ms (PyTorch top-k) | gather attention ms "
+          "| FlexAttention path ms (mask + tile list; tiles visited) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['L']:,} | {r['dense_sdpa_ms']:.1f} | {r['dsa_layer_ms']:.1f} | {r['speedup_layer']:.2f} "
-              f"| {r['select_ms']:.1f} | {r['mask_and_tiles_ms']:.1f} | {r['tiles_frac']:.1%} |")
+              f"| {r['select_ms']:.1f} ({r['select_torch_ms']:.1f}) | {r.get('gather_attend_ms', float('nan')):.1f} "
+              f"| {r['flex_layer_ms']:.1f} ({r['mask_and_tiles_ms']:.1f}; {r['tiles_frac']:.1%}) |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"device": dev, "rows": rows}, indent=2))

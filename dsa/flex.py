@@ -22,9 +22,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import triton_select
+from . import triton_attend, triton_select, triton_topk
 from .config import DSAConfig
-from .select import NEG, _tiebreak, stage1
+from .select import NEG, _tiebreak, stage1, stage1_scores
 
 TILE = 64  # queries per FlexAttention tile and keys per KV tile (= the excerpt block size it supports)
 # Training tiles: FlexAttention's backward on Hopper (head dim 64) tiles by 64 x 128, so its block mask
@@ -81,8 +81,13 @@ def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
         return blocks[0], picks[0]
     bs = cfg.block_size
     qf, wf = q.float(), w.float()
-    _, bval, bidx = stage1(q, w, block_means, qpos, keys.shape[1], cfg)  # excerpts (as select_chunk)
-    blocks = torch.where(bval > NEG, bidx, -1)  # [B, C, kb]
+    fused = triton_topk.available(keys) and keys.shape[1] // bs < triton_topk.MAX_COLS
+    if fused:  # the k best as a set, in one kernel (torch.topk sorts them: most of the selection's time)
+        _, bscore = stage1_scores(q, w, block_means, qpos, keys.shape[1], cfg)
+        blocks = triton_topk.topk_indices(bscore, cfg.n_blocks)  # [B, C, kb], -1 = none
+    else:
+        _, bval, bidx = stage1(q, w, block_means, qpos, keys.shape[1], cfg)  # excerpts (as select_chunk)
+        blocks = torch.where(bval > NEG, bidx, -1)  # [B, C, kb]
 
     # stage 2: the tokens of each query's own candidate blocks, [B, C, S * bs]
     forced = forced_slots(qpos, cfg)
@@ -91,9 +96,14 @@ def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
         tscore = triton_select.stage2_scores(q, wf, keys, slots, qpos, bs, cfg.sink_tokens, cfg.local_window)
     else:
         tscore = _stage2_torch(qf, wf, keys, slots, qpos, cfg)
-    tval, tidx = tscore.topk(min(cfg.top_k, tscore.shape[-1]), dim=-1)
-    picks = slots.gather(-1, tidx // bs) * bs + tidx % bs
-    return blocks, torch.where(tval > NEG, picks, -1)
+    if fused:
+        tidx = triton_topk.topk_indices(tscore, cfg.top_k)
+        ok = tidx >= 0
+    else:
+        tval, tidx = tscore.topk(min(cfg.top_k, tscore.shape[-1]), dim=-1)
+        ok = tval > NEG
+    picks = slots.gather(-1, tidx.clamp(min=0) // bs) * bs + tidx.clamp(min=0) % bs
+    return blocks, torch.where(ok, picks, -1)
 
 
 def _stage2_torch(qf: torch.Tensor, wf: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, qpos: torch.Tensor,
@@ -168,10 +178,21 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
     counts = {"keys_read": 0, "tiles": 0, "tiles_causal": 0}
     # FlexAttention indexes the [B, chunk, Lk + tile] pick mask with 32-bit offsets: past 2^31 elements they wrap
     # (silently wrong masks at ~262k keys with 8,192-query chunks), so long contexts take smaller chunks
-    chunk = max(128, min(chunk, (2**31 - 1) // (B * (Lk + tile)) // 128 * 128))
+    # inference: each query gathers its own keys (`triton_attend`); training needs FlexAttention's backward
+    gather = not query.requires_grad and triton_attend.available(query) and os.environ.get("DSA_GATHER", "1") != "0"
+    if not gather:
+        chunk = max(128, min(chunk, (2**31 - 1) // (B * (Lk + tile)) // 128 * 128))
     for c0 in range(0, Lq, chunk):
         c1 = min(c0 + chunk, Lq)
         C = c1 - c0
+        if gather:
+            with phase("selection"):
+                _, picks = select_picks(qi[:, c0:c1], wi[:, c0:c1], keys, means, qpos[c0:c1], cfg)  # [B, C, K]
+                idx = triton_attend.key_lists(picks, qpos[c0:c1], sink, local)  # [B, C, NI]
+            with phase("attention"):
+                triton_attend.attend(query[:, :, c0:c1], key, value, idx, scaling, out[:, c0:c1])
+            counts["keys_read"] += (idx >= 0).sum()
+            continue
         q0t = qpos[c0]  # a tensor, not an int: a captured int would recompile the kernel per chunk
         with phase("selection"):
             _, picks = select_picks(qi[:, c0:c1], wi[:, c0:c1], keys, means, qpos[c0:c1], cfg)  # [B, C, K]

@@ -57,6 +57,14 @@ def stage1(q: torch.Tensor, w: torch.Tensor, block_means: torch.Tensor, qpos: to
     """Excerpts: q [(B,) C, H, d], w [(B,) C, H], block_means [(B,) nb, d], qpos [C] (shared by the B rows), L keys.
     -> forced [C, nb] (sink blocks and the blocks reaching into the local window, never competing), and the top
     `n_blocks` of the other causal blocks: bval, bidx [(B,) C, kb] (bval -inf where top-k returned a masked block)."""
+    forced_b, bscore = stage1_scores(q, w, block_means, qpos, L, cfg)
+    bval, bidx = bscore.topk(min(cfg.n_blocks, bscore.shape[-1]), dim=-1)  # [C, kb]
+    return forced_b, bval, bidx
+
+
+def stage1_scores(q: torch.Tensor, w: torch.Tensor, block_means: torch.Tensor, qpos: torch.Tensor, L: int,
+                  cfg: DSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`stage1` before its top-k: forced [C, nb] and the competing blocks' scores [(B,) C, nb] (-inf = not competing)."""
     nb, bs = block_means.shape[-2], cfg.block_size
     bstart = torch.arange(nb, device=qpos.device) * bs  # [nb]
     bend = torch.clamp(bstart + bs, max=L) - 1  # last position inside each block
@@ -65,8 +73,7 @@ def stage1(q: torch.Tensor, w: torch.Tensor, block_means: torch.Tensor, qpos: to
     local_lo = torch.clamp(qp - max(cfg.local_window, 1) + 1, min=0)  # the query's own block, even with no window
     forced_b = ((bstart[None, :] < cfg.sink_tokens) | (bend[None, :] >= local_lo)) & causal_b
     bscore = _tiebreak(_scores(q, w, block_means), bstart).masked_fill(~causal_b | forced_b, NEG)  # [C, nb]
-    bval, bidx = bscore.topk(min(cfg.n_blocks, nb), dim=-1)  # [C, kb]
-    return forced_b, bval, bidx
+    return forced_b, bscore
 
 
 def select_chunk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_means: torch.Tensor,

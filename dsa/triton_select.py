@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .triton_topk import interpreting
+
 try:
     import triton
     import triton.language as tl
@@ -20,7 +22,7 @@ except ImportError:  # CPU installs: torch's CPU wheel does not bring Triton
 
 def available(keys: torch.Tensor) -> bool:
     d = keys.shape[-1]
-    return triton is not None and keys.is_cuda and d >= 16 and d & (d - 1) == 0
+    return triton is not None and (keys.is_cuda or interpreting()) and d >= 16 and d & (d - 1) == 0
 
 
 if triton is not None:
