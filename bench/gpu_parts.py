@@ -106,13 +106,15 @@ def main() -> None:
         with env(DSA_TRITON="0"):  # selection in PyTorch ops (torch.topk, stage 2's scores as tensor ops)
             row["select_torch_ms"] = n * timed(pick, args.device, args.repeat)
         if triton_topk.available(keys):  # the default selection's four steps (last chunk, times the chunks)
-            _, bscore = stage1_scores(qi[sl], wi[sl], means, qpos[sl], L, cfg)
+            s1 = lambda: triton_select.stage1_scores(qi[sl], wi[sl], means, qpos[sl], L, cfg.block_size,  # noqa: E731
+                                                     cfg.sink_tokens, cfg.local_window)
+            bscore = s1()
             blocks = triton_topk.topk_indices(bscore, cfg.n_blocks)
             forced = flex.forced_slots(qpos[sl], cfg)
             slots = torch.cat([blocks, forced], -1)
             tscore = triton_select.stage2_scores(qi[sl], wi[sl].float(), keys, slots, qpos[sl], cfg.block_size,
                                                  cfg.sink_tokens, cfg.local_window)
-            parts = {"stage1_scores": lambda: stage1_scores(qi[sl], wi[sl], means, qpos[sl], L, cfg),
+            parts = {"stage1_scores": s1, "stage1_scores_torch": lambda: stage1_scores(qi[sl], wi[sl], means, qpos[sl], L, cfg),
                      "stage1_topk": lambda: triton_topk.topk_indices(bscore, cfg.n_blocks),
                      "stage2_scores": lambda: triton_select.stage2_scores(qi[sl], wi[sl].float(), keys, slots, qpos[sl],
                                                                           cfg.block_size, cfg.sink_tokens, cfg.local_window),

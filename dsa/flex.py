@@ -83,7 +83,9 @@ def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
     qf, wf = q.float(), w.float()
     fused = triton_topk.available(keys) and keys.shape[1] // bs < triton_topk.MAX_COLS
     if fused:  # the k best as a set, in one kernel (torch.topk sorts them: most of the selection's time)
-        _, bscore = stage1_scores(q, w, block_means, qpos, keys.shape[1], cfg)
+        bscore = triton_select.stage1_scores(q, w, block_means, qpos, keys.shape[1], bs, cfg.sink_tokens,
+                                             cfg.local_window) if triton_select.available(keys) \
+            else stage1_scores(q, w, block_means, qpos, keys.shape[1], cfg)[1]
         blocks = triton_topk.topk_indices(bscore, cfg.n_blocks)  # [B, C, kb], -1 = none
     else:
         _, bval, bidx = stage1(q, w, block_means, qpos, keys.shape[1], cfg)  # excerpts (as select_chunk)

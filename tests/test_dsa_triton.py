@@ -51,6 +51,23 @@ def test_topk_indices_breaks_exact_ties_towards_lower_columns():
     assert triton_topk.topk_indices(-s.to(DEV), 2).tolist() == [[0, 5]]  # negative scores order the same way
 
 
+@pytest.mark.parametrize("L,Lq,local,sink", [(1000, 1000, 128, 64), (1537, 1037, 0, 0), (700, 700, 100, 70)])
+def test_block_scores_kernel_equals_torch(L, Lq, local, sink):
+    """Stage 1's block scores from the Triton kernel: the reference's values (fp32 products, summed in another
+    order), the same -inf pattern (not causal or forced), the same tie-break, for 2 rows and a continuation."""
+    from dsa import triton_select
+    from dsa.select import stage1_scores
+    cfg = cfg64(local_window=local, sink_tokens=sink)
+    qi, wi, keys, means = (torch.stack(t) for t in zip(*(_inputs(L, cfg, 60 + b) for b in range(2))))
+    qpos = torch.arange(L - Lq, L)
+    ref = stage1_scores(qi[:, -Lq:], wi[:, -Lq:], means, qpos, L, cfg)[1]
+    to = lambda t: t.to(DEV)  # noqa: E731
+    got = triton_select.stage1_scores(to(qi[:, -Lq:]), to(wi[:, -Lq:]), to(means), to(qpos), L, 64, sink, local).cpu()
+    fin = torch.isfinite(ref)
+    assert torch.equal(fin, torch.isfinite(got))
+    assert torch.allclose(got[fin], ref[fin], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("L,local,sink", [(1000, 8, 4), (1537, 0, 64), (2100, 64, 70)])
 def test_fused_selection_selects_what_select_chunk_selects(L, local, sink):
     """flex.select_picks with the Triton top-k (both stages) keeps select_chunk's set for every query."""
