@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-CLI = "import sys; sys.argv[0] = 'docreader'; from docreader.cli import app; sys.exit(app())"
+from docreader.server import CLI  # the same -c program the server's keep-alive spawns
 
 
 def one_run(python: str, args: list[str]) -> dict:

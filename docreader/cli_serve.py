@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -14,12 +15,19 @@ class ServedTyper(typer.Typer):
     """The `docreader` entry point: ask and chat go to a running `docreader serve` when it can take them."""
 
     def __call__(self, *args, **kwargs):
-        if not args and not kwargs:  # the console script (tests and the server's children pass args)
-            from .server import forward
-            code = forward(sys.argv[1:])
-            if code is not None:
-                sys.exit(code)
-        return super().__call__(*args, **kwargs)
+        if args or kwargs:  # tests and the server's children pass args
+            return super().__call__(*args, **kwargs)
+        from . import server  # the console script
+        argv, env = sys.argv[1:], dict(os.environ)
+        code = server.forward(argv)
+        if code is not None:
+            sys.exit(code)
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as done:
+            if done.code in (0, None) and server.keep_alive_wanted(argv):  # answered here: keep the model for next time
+                server.start_in_background(env)
+            raise
 
 
 @friendly

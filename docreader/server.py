@@ -13,6 +13,13 @@ listening on $DOCREADER_HOME/serve.sock, runs the same code (same files, same Py
 same docreader/torch/HF environment variables; otherwise it says why on stderr (when a server was there) and
 the command runs in its own process as before. DOCREADER_SERVE=off never uses one. Ctrl-C in the client
 reaches the child; a client that dies takes its child with it.
+
+Keep-alive (`keep_alive_wanted`, `start_in_background`): an `ask` or `chat` that a person ran at a terminal, with
+no server to take it, starts one when it has answered, detached and silent, which stops after
+$DOCREADER_KEEP_ALIVE minutes (default 10) without a command — as Ollama keeps a model loaded between
+requests; its output goes to $DOCREADER_HOME/serve.log. So the second question in a new process starts in about a
+second by default. Pipelines and scripts
+(stdout not a terminal) never leave a process behind unless DOCREADER_SERVE=auto asks for it.
 """
 
 from __future__ import annotations
@@ -31,12 +38,16 @@ from pathlib import Path
 from .home import home
 
 SOCKET_NAME = "serve.sock"
+LOG_NAME = "serve.log"  # a keep-alive server's output
 SERVED = ("ask", "chat")  # the commands that load a model; the others are fast without a server
 ENV_OFF = "DOCREADER_SERVE"  # "off": never forward
 _CHILD_ENV = "DOCREADER_SERVED_CHILD"  # set in a served child: it must not forward again
 ENV_PREFIXES = ("DOCREADER_", "DSA_", "OMP_", "MKL_", "KMP_", "GOMP_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH",
                 "PYTORCH_", "CUDA_", "PYTHON")  # what can change an answer, its speed or the code that runs
 DEFAULT_IDLE_S = 1800
+ENV_KEEP = "DOCREADER_KEEP_ALIVE"  # minutes a server that `ask`/`chat` started stays up idle (0: never start one)
+KEEP_ALIVE_MIN = 10.0
+CLI = "import sys; sys.argv[0] = 'docreader'; from docreader.cli import app; sys.exit(app())"
 _HEADER = struct.Struct("!I")
 
 
@@ -75,7 +86,7 @@ def code_stamp() -> str:
 
 
 def relevant_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIXES) and k not in (_CHILD_ENV, ENV_OFF)}
+    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIXES) and k not in (_CHILD_ENV, ENV_OFF, ENV_KEEP)}
 
 
 def _send(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
@@ -150,6 +161,38 @@ def forward(argv: list[str]) -> int | None:
         for s, handler in previous.items():
             signal.signal(s, handler)
         sock.close()
+
+
+def keep_alive_wanted(argv: list[str]) -> bool:
+    """Whether this command, run here (no server took it), should leave a server behind for the next one."""
+    mode = os.environ.get(ENV_OFF, "").lower()
+    if not argv or argv[0] not in SERVED or os.environ.get(_CHILD_ENV) or mode in ("off", "0", "no"):
+        return False
+    try:
+        minutes = float(os.environ.get(ENV_KEEP, KEEP_ALIVE_MIN))
+    except ValueError:
+        return False
+    return minutes > 0 and (mode == "auto" or (mode == "" and sys.stdout.isatty()))
+
+
+def start_in_background(env: dict[str, str]) -> bool:
+    """Start `docreader serve` detached (own session, no terminal, no inherited pipes) the way this process was
+    started: same interpreter, script or -c, working directory, and `env` — the environment it started with, not
+    what loading a model added to it (HF_HUB_OFFLINE...): the server serves only callers with its own code and
+    settings. -> whether one was started (not when a server's socket is already there)."""
+    import subprocess
+    if socket_path().exists():
+        return False
+    script = sys.argv[0] if os.path.isfile(sys.argv[0]) else None
+    cmd = [sys.executable, script] if script else [sys.executable, "-c", CLI]
+    minutes = float(os.environ.get(ENV_KEEP, KEEP_ALIVE_MIN))
+    with open(home() / LOG_NAME, "a") as log:  # what it served and why it stopped, for whoever wonders
+        subprocess.Popen([*cmd, "serve", "--idle", f"{minutes:g}"], cwd=os.getcwd(), env=env,
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         close_fds=True)
+    print(f"docreader: the model stays loaded for {minutes:g} min for your next question (`docreader serve "
+          f"--stop` stops it; DOCREADER_SERVE=off never starts it)", file=sys.stderr)
+    return True
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from docreader import server
 
-CLI = "import sys; sys.argv[0] = 'docreader'; from docreader.cli import app; sys.exit(app())"
+CLI = server.CLI
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -127,3 +127,56 @@ def test_no_server_runs_the_command_here(home, monkeypatch):
     assert server.forward(["log"]) is None  # not a served command
     monkeypatch.setenv("DOCREADER_SERVE", "off")
     assert server.forward(["ask", "x.pdf", "q"]) is None
+
+
+def test_keep_alive_only_for_a_person_at_a_terminal(home, monkeypatch):
+    """An answered ask/chat leaves a server behind when stdout is a terminal or DOCREADER_SERVE=auto; never for a
+    pipeline, another command, a served child, DOCREADER_SERVE=off or DOCREADER_KEEP_ALIVE=0."""
+    for var in ("DOCREADER_SERVE", "DOCREADER_KEEP_ALIVE", "DOCREADER_SERVED_CHILD"):
+        monkeypatch.delenv(var, raising=False)
+    tty = {"v": False}
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty["v"])
+    assert not server.keep_alive_wanted(["ask", "f.pdf", "q"])  # stdout a pipe (this test's)
+    tty["v"] = True
+    assert server.keep_alive_wanted(["ask", "f.pdf", "q"]) and server.keep_alive_wanted(["chat", "f.pdf"])
+    assert not server.keep_alive_wanted(["log"]) and not server.keep_alive_wanted([])
+    monkeypatch.setenv("DOCREADER_KEEP_ALIVE", "0")
+    assert not server.keep_alive_wanted(["ask", "f.pdf", "q"])
+    monkeypatch.setenv("DOCREADER_KEEP_ALIVE", "soon")
+    assert not server.keep_alive_wanted(["ask", "f.pdf", "q"])
+    monkeypatch.delenv("DOCREADER_KEEP_ALIVE")
+    monkeypatch.setenv("DOCREADER_SERVE", "off")
+    assert not server.keep_alive_wanted(["ask", "f.pdf", "q"])
+    tty["v"] = False
+    monkeypatch.setenv("DOCREADER_SERVE", "auto")
+    assert server.keep_alive_wanted(["ask", "f.pdf", "q"])
+    monkeypatch.setenv("DOCREADER_SERVED_CHILD", "1")
+    assert not server.keep_alive_wanted(["ask", "f.pdf", "q"])
+
+
+def test_an_answered_ask_leaves_a_server_for_the_next(model_home, irc_file, tmp_path, snapshot):
+    """`ask` (DOCREADER_SERVE=auto standing in for a terminal) answers, then leaves a detached server that takes
+    the next ask; a failed ask leaves none."""
+    args = ["ask", irc_file.name, "Who fixed the sound problem?", "--max-new-tokens", "2", "--json", "--no-log",
+            "--no-cache"]
+    bad = run_cli(["ask", "missing.pdf", "q"], tmp_path, snapshot, DOCREADER_SERVE="auto")
+    assert bad.returncode != 0 and "stays loaded" not in bad.stderr
+    first = run_cli(args, tmp_path, snapshot, DOCREADER_SERVE="auto", DOCREADER_KEEP_ALIVE="2")
+    try:
+        assert first.returncode == 0, first.stderr
+        assert "the model stays loaded for 2 min" in first.stderr
+        deadline = time.monotonic() + 240
+        while not server.socket_path().exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.socket_path().exists()  # listening (it warms up first)
+        second = run_cli(args, tmp_path, snapshot)  # neither variable is a setting the server must match
+        assert second.returncode == 0, second.stderr
+        assert _answer(second.stdout) == _answer(first.stdout)  # the same answer
+        log = server.home() / server.LOG_NAME
+        deadline = time.monotonic() + 30  # the server logs a child once it has reaped it
+        while "docreader serve: ask" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "docreader serve: ask" in log.read_text(), (log.read_text(), second.stderr)  # taken by the server
+    finally:
+        assert server.stop()  # it was running
+    assert not server.socket_path().exists()
