@@ -123,8 +123,7 @@ def _recv(sock: socket.socket, fds: list[int] | None = None) -> dict:
 
 def forward(argv: list[str]) -> int | None:
     """Run `docreader ARGV` in a server's child when one can take it -> its exit code; None: run it here."""
-    if not argv or argv[0] not in SERVED or os.environ.get(ENV_OFF, "").lower() in ("off", "0", "no") \
-            or os.environ.get(_CHILD_ENV):
+    if not argv or argv[0] not in SERVED or _serve_off() or os.environ.get(_CHILD_ENV):
         return None
     path = socket_path()
     if not path.exists():
@@ -165,14 +164,18 @@ def forward(argv: list[str]) -> int | None:
 
 def keep_alive_wanted(argv: list[str]) -> bool:
     """Whether this command, run here (no server took it), should leave a server behind for the next one."""
-    mode = os.environ.get(ENV_OFF, "").lower()
-    if not argv or argv[0] not in SERVED or os.environ.get(_CHILD_ENV) or mode in ("off", "0", "no"):
+    if not argv or argv[0] not in SERVED or os.environ.get(_CHILD_ENV) or _serve_off():
         return False
     try:
         minutes = float(os.environ.get(ENV_KEEP, KEEP_ALIVE_MIN))
     except ValueError:
         return False
+    mode = os.environ.get(ENV_OFF, "").lower()
     return minutes > 0 and (mode == "auto" or (mode == "" and sys.stdout.isatty()))
+
+
+def _serve_off() -> bool:
+    return os.environ.get(ENV_OFF, "").lower() in ("off", "0", "no")
 
 
 def start_in_background(env: dict[str, str]) -> bool:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import triton_attend, triton_select, triton_topk
 from .config import DSAConfig
-from .select import NEG, _tiebreak, stage1, stage1_scores
+from .select import NEG, _tiebreak, stage1_scores
 
 TILE = 64  # queries per FlexAttention tile and keys per KV tile (= the excerpt block size it supports)
 # Training tiles: FlexAttention's backward on Hopper (head dim 64) tiles by 64 x 128, so its block mask
@@ -81,31 +81,35 @@ def select_picks(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, block_mea
         return blocks[0], picks[0]
     bs = cfg.block_size
     qf, wf = q.float(), w.float()
-    fused = triton_topk.available(keys) and keys.shape[1] // bs < triton_topk.MAX_COLS
-    if fused:  # the k best as a set, in one kernel (torch.topk sorts them: most of the selection's time)
+    if triton_select.available(keys):  # excerpts (as select_chunk)
         bscore = triton_select.stage1_scores(q, w, block_means, qpos, keys.shape[1], bs, cfg.sink_tokens,
-                                             cfg.local_window) if triton_select.available(keys) \
-            else stage1_scores(q, w, block_means, qpos, keys.shape[1], cfg)[1]
-        blocks = triton_topk.topk_indices(bscore, cfg.n_blocks)  # [B, C, kb], -1 = none
+                                             cfg.local_window)
     else:
-        _, bval, bidx = stage1(q, w, block_means, qpos, keys.shape[1], cfg)  # excerpts (as select_chunk)
-        blocks = torch.where(bval > NEG, bidx, -1)  # [B, C, kb]
+        bscore = stage1_scores(q, w, block_means, qpos, keys.shape[1], cfg)[1]
+    bidx, bok = _topk_set(bscore, cfg.n_blocks)
+    blocks = torch.where(bok, bidx, -1)  # [B, C, kb]
 
     # stage 2: the tokens of each query's own candidate blocks, [B, C, S * bs]
     forced = forced_slots(qpos, cfg)
     slots = torch.cat([blocks, forced.expand(blocks.shape[0], *forced.shape)], -1)  # [B, C, S]
-    if triton_select.available(keys) and os.environ.get("DSA_TRITON", "1") != "0":
+    if triton_select.available(keys):
         tscore = triton_select.stage2_scores(q, wf, keys, slots, qpos, bs, cfg.sink_tokens, cfg.local_window)
     else:
         tscore = _stage2_torch(qf, wf, keys, slots, qpos, cfg)
-    if fused:
-        tidx = triton_topk.topk_indices(tscore, cfg.top_k)
-        ok = tidx >= 0
-    else:
-        tval, tidx = tscore.topk(min(cfg.top_k, tscore.shape[-1]), dim=-1)
-        ok = tval > NEG
-    picks = slots.gather(-1, tidx.clamp(min=0) // bs) * bs + tidx.clamp(min=0) % bs
+    tidx, ok = _topk_set(tscore, cfg.top_k)
+    tidx = tidx.clamp(min=0)
+    picks = slots.gather(-1, tidx // bs) * bs + tidx % bs
     return blocks, torch.where(ok, picks, -1)
+
+
+def _topk_set(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [..., N] (-inf = not a candidate) -> (columns [..., min(k, N)], which of them are real): the k best as
+    a set, in one Triton kernel where it runs (torch.topk also sorts them: most of the selection's time on a GPU)."""
+    if triton_topk.available(scores) and scores.shape[-1] <= triton_topk.MAX_COLS:
+        idx = triton_topk.topk_indices(scores, k)
+        return idx, idx >= 0
+    val, idx = scores.topk(min(k, scores.shape[-1]), dim=-1)
+    return idx, val > NEG
 
 
 def _stage2_torch(qf: torch.Tensor, wf: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, qpos: torch.Tensor,
@@ -187,17 +191,17 @@ def prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, qi: tor
     for c0 in range(0, Lq, chunk):
         c1 = min(c0 + chunk, Lq)
         C = c1 - c0
+        with phase("selection"):
+            _, picks = select_picks(qi[:, c0:c1], wi[:, c0:c1], keys, means, qpos[c0:c1], cfg)  # [B, C, K]
+            if gather:
+                lists = triton_attend.key_lists(picks, qpos[c0:c1], sink, local)  # [B, C, NI]
         if gather:
-            with phase("selection"):
-                _, picks = select_picks(qi[:, c0:c1], wi[:, c0:c1], keys, means, qpos[c0:c1], cfg)  # [B, C, K]
-                idx = triton_attend.key_lists(picks, qpos[c0:c1], sink, local)  # [B, C, NI]
             with phase("attention"):
-                triton_attend.attend(query[:, :, c0:c1], key, value, idx, scaling, out[:, c0:c1])
-            counts["keys_read"] += (idx >= 0).sum()
+                triton_attend.attend(query[:, :, c0:c1], key, value, lists, scaling, out[:, c0:c1])
+            counts["keys_read"] += (lists >= 0).sum()
             continue
         q0t = qpos[c0]  # a tensor, not an int: a captured int would recompile the kernel per chunk
         with phase("selection"):
-            _, picks = select_picks(qi[:, c0:c1], wi[:, c0:c1], keys, means, qpos[c0:c1], cfg)  # [B, C, K]
             sel = picked_mask(picks, Lk, -(-C // 128) * 128, tile)
             num, idx = tile_blocks(picks, qpos[c0:c1], Lk, cfg, tile)
 

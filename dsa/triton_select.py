@@ -14,6 +14,8 @@ Scores, masking and the recency tie-break are those of `flex._stage2_torch`.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .triton_topk import interpreting
@@ -27,7 +29,8 @@ except ImportError:  # CPU installs: torch's CPU wheel does not bring Triton
 
 def available(keys: torch.Tensor) -> bool:
     d = keys.shape[-1]
-    return triton is not None and (keys.is_cuda or interpreting()) and d >= 16 and d & (d - 1) == 0
+    return (triton is not None and (keys.is_cuda or interpreting()) and d >= 16 and d & (d - 1) == 0
+            and os.environ.get("DSA_TRITON", "1") != "0")
 
 
 if triton is not None:

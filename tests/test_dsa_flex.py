@@ -38,6 +38,15 @@ def _reference_mask(qi, wi, keys, means, qpos, cfg) -> torch.Tensor:
     return mask
 
 
+def attended(picks: torch.Tensor, qpos: torch.Tensor, L: int, sink: int, local: int) -> torch.Tensor:
+    """[C, L] bool: the picks [C, K] (-1 = none) plus the forced tokens (sink, local window, itself), causal."""
+    got = torch.zeros(len(qpos), L, dtype=torch.bool)
+    ok = picks >= 0
+    got[torch.arange(len(qpos))[:, None].expand_as(picks)[ok], picks[ok]] = True
+    t = torch.arange(L)[None, :]
+    return got | ((t < sink) | (qpos[:, None] - t < local) | (t == qpos[:, None])) & (t <= qpos[:, None])
+
+
 @pytest.mark.parametrize("L,local,sink", [(130, 8, 4), (1000, 8, 4), (1537, 0, 64), (1537, 100, 0), (2100, 64, 70)])
 def test_flex_selects_what_select_chunk_selects(L, local, sink):
     """Per query, the picks plus the forced tokens (sink, local window, itself) are select_chunk's set."""
@@ -46,11 +55,7 @@ def test_flex_selects_what_select_chunk_selects(L, local, sink):
     qpos = torch.arange(L)
     want = _reference_mask(qi, wi, keys, means, qpos, cfg)
     _, picks = flex.select_picks(qi, wi, keys, means, qpos, cfg)
-    got = torch.zeros_like(want)
-    ok = picks >= 0
-    got[torch.arange(L)[:, None].expand_as(picks)[ok], picks[ok]] = True
-    t = torch.arange(L)[None, :]
-    got |= ((t < sink) | (qpos[:, None] - t < local) | (t == qpos[:, None])) & (t <= qpos[:, None])
+    got = attended(picks, qpos, L, sink, local)
     assert (got == want).all(), (got != want).nonzero()[:5]
     if L >= 1000:  # the comparison is at real sparsity, not keep-everything
         assert want.sum(1).max() < L // 4

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from dsa import flex, triton_attend, triton_topk
 from dsa.attention import _block_means
-from test_dsa_flex import _inputs, _reference_mask, cfg64
+from test_dsa_flex import _inputs, _reference_mask, attended, cfg64
 
 if torch.cuda.is_available() and triton_topk.triton is not None:
     DEV = "cuda"
@@ -77,12 +77,7 @@ def test_fused_selection_selects_what_select_chunk_selects(L, local, sink):
     want = _reference_mask(qi, wi, keys, means, qpos, cfg)
     to = lambda t: t.to(DEV)  # noqa: E731
     _, picks = flex.select_picks(to(qi), to(wi), to(keys), to(means), to(qpos), cfg)
-    picks = picks.cpu()
-    got = torch.zeros_like(want)
-    ok = picks >= 0
-    got[torch.arange(L)[:, None].expand_as(picks)[ok], picks[ok]] = True
-    t = torch.arange(L)[None, :]
-    got |= ((t < sink) | (qpos[:, None] - t < local) | (t == qpos[:, None])) & (t <= qpos[:, None])
+    got = attended(picks.cpu(), qpos, L, sink, local)
     assert (got == want).all(), (got != want).nonzero()[:5]
 
 
