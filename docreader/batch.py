@@ -101,13 +101,13 @@ def make_reader(settings: Settings):
 def _load(job: Job, settings: Settings):
     from .loaders import load
     if job.data is None:
-        return load(job.path, format=settings.format, password=settings.password)
+        return load(job.path, format=settings.format, password=settings.password, cache=settings.disk_cache)
     import tempfile
     with tempfile.TemporaryDirectory(prefix="docreader-batch-") as tmp:  # the name keeps its suffix for sniffing
         local = Path(tmp) / (Path(job.path).name or "document")
         local.write_bytes(job.data)
         try:
-            doc = load(str(local), format=settings.format, password=settings.password)
+            doc = load(str(local), format=settings.format, password=settings.password, cache=settings.disk_cache)
         except DocreaderError as e:  # named as the user named it, not as the temporary copy
             raise DocreaderError(str(e).replace(str(local), job.path)) from None
     doc.path = job.path  # named as the user named it, in rows and in the log

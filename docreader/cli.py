@@ -26,9 +26,9 @@ from .cli_log import documents_cmd, log_app
 from .terminal import friendly, in_range as _in_range, printable, say
 from . import cli_serve
 
-app = cli_serve.ServedTyper(add_completion=False, no_args_is_help=True,
-                            help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
-                            "which source spans its indexer selected.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Ask questions about a whole long document with a local sparse-attention LLM, and see "
+                  "which source spans its indexer selected.")
 models_app = typer.Typer(no_args_is_help=True, help="The local models docreader can use.")
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
@@ -256,7 +256,7 @@ def ask(file: Optional[str] = typer.Argument(None, help="The document: PDF, DOCX
             say(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).", err=True)
     else:
         from .loaders import load as load_document
-        doc = load_document(file, format=format, password=password)  # bad input fails before torch is imported
+        doc = load_document(file, format=format, password=password, cache=not no_cache)  # bad input fails before torch
     models_mod.preflight(model)
     if not no_log:
         _writable_log("; --no-log answers without it")
@@ -328,7 +328,7 @@ def chat(file: Optional[str] = typer.Argument(None, help="The document (omit wit
         doc, sid, model, history = resumed.document, resumed.session_id, resumed.model, resumed.history
         say(f"Continuing session {sid} on {doc.path} ({len(history)} earlier turns).")
     elif file:
-        doc = load_document(file, format=format, password=password)
+        doc = load_document(file, format=format, password=password, cache=not no_cache)
         sid, history = None, []
         if file == STDIN:
             ask_line = cli_chat.terminal_input()

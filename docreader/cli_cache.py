@@ -8,6 +8,7 @@ import time
 import typer
 
 from . import doccache
+from .loaders import parsed
 from .terminal import friendly, say
 
 cache_app = typer.Typer(no_args_is_help=True, help="The document cache: documents already read, kept so the next "
@@ -37,15 +38,18 @@ def cache_list(json_out: bool = typer.Option(False, "--json")):
     if rows:
         say(f"{len(rows)} entries, {total / 2**20:.1f} MB of at most {doccache.limit_bytes() / 2**20:.0f} MB "
             f"(${doccache.SIZE_ENV})")
+    kept = len(list(parsed.parsed_dir().glob("*.json"))) if parsed.parsed_dir().exists() else 0
+    if kept:
+        say(f"and {kept} parsed PDF/DOCX/EPUB files (at most {parsed.MAX_ENTRIES}) in {parsed.parsed_dir()}")
 
 
 @cache_app.command("clear")
 @friendly
 def cache_clear():
-    """Delete every cached document (answers and the log are kept)."""
+    """Delete every cached document and parsed file (answers and the log are kept)."""
     n = len(doccache.entries())
     freed = doccache.clear()
-    say(f"removed {n} entries, {freed / 2**20:.1f} MB")
+    say(f"removed {n} entries, {freed / 2**20:.1f} MB, and {parsed.evict(0)} parsed documents")
 
 
 @cache_app.command("path")

@@ -1,33 +1,11 @@
-"""`docreader serve` on the command line, and the entry point that hands ask/chat to a running server
-(docreader.server says why and how)."""
+"""`docreader serve` on the command line (docreader.server says why and how; docreader.entry is the console
+script that hands ask/chat to it)."""
 
 from __future__ import annotations
-
-import os
-import sys
 
 import typer
 
 from .terminal import friendly, in_range, say
-
-
-class ServedTyper(typer.Typer):
-    """The `docreader` entry point: ask and chat go to a running `docreader serve` when it can take them."""
-
-    def __call__(self, *args, **kwargs):
-        if args or kwargs:  # tests and the server's children pass args
-            return super().__call__(*args, **kwargs)
-        from . import server  # the console script
-        argv, env = sys.argv[1:], dict(os.environ)
-        code = server.forward(argv)
-        if code is not None:
-            sys.exit(code)
-        try:
-            return super().__call__(*args, **kwargs)
-        except SystemExit as done:
-            if done.code in (0, None) and server.keep_alive_wanted(argv):  # answered here: keep the model for next time
-                server.start_in_background(env)
-            raise
 
 
 @friendly

@@ -57,10 +57,13 @@ def _own_cpu_s() -> float:
 _sample: tuple[float, float, int, int] | None = None  # (wall, own CPU s, all ticks, idle ticks) from start_busy_sample
 
 
-def start_busy_sample() -> None:
+def start_busy_sample(keep_recent: float = 0.0) -> None:
     """Take the first /proc/stat reading now (ask/chat do it before loading the document and torch), so that
-    `_busy_cpus` need not sleep for its interval: what this process itself used meanwhile is subtracted."""
+    `_busy_cpus` need not sleep for its interval: what this process itself used meanwhile is subtracted.
+    keep_recent: keep a reading already taken (a served child inherits its server's) if younger than that."""
     global _sample
+    if _sample is not None and time.monotonic() - _sample[0] < keep_recent:
+        return
     try:
         _sample = (time.monotonic(), _own_cpu_s(), *_cpu_ticks())
     except (OSError, ValueError, IndexError):
@@ -102,7 +105,7 @@ def default_threads(torch_default: int, busy: float | None = None) -> int:
 
 def threads_option(value: int | None) -> int | None:
     """--threads, else $DOCREADER_THREADS, checked before anything loads; None: the default."""
-    start_busy_sample()  # the default's /proc/stat interval then spans the document's load and torch's import
+    start_busy_sample(keep_recent=1.0)  # the default's interval then spans the document's load and torch's import
     source = "--threads"
     if value is None:
         raw = os.environ.get(THREADS_ENV, "").strip()

@@ -117,17 +117,31 @@ def _header(f) -> tuple[dict, int]:
     return header, 8 + n
 
 
+def _dtype(info: dict):
+    import torch
+    return getattr(torch, _DTYPES[info["dtype"]])
+
+
 def _read(f, base: int, info: dict):
     """One tensor of the entry, read straight into fresh memory."""
     import torch
-    t = torch.empty(info["shape"], dtype=getattr(torch, _DTYPES[info["dtype"]]))
+    t = torch.empty(info["shape"], dtype=_dtype(info))
+    _read_into(f, base, info, t)
+    return t
+
+
+def _read_into(f, base: int, info: dict, dst) -> None:
+    """One tensor of the entry into `dst` (its shape and dtype), whose last two dims are contiguous rows: a
+    view of a preallocated cache buffer is filled head by head, with no staging copy (0.3 s of a served answer)."""
+    import torch
     s, e = info["data_offsets"]
-    if t.numel() * t.element_size() != e - s:
+    if list(dst.shape) != info["shape"] or dst.numel() * dst.element_size() != e - s:
         raise ValueError("a tensor's size does not match its shape")
     f.seek(base + s)
-    if f.readinto(memoryview(t.view(torch.uint8).numpy()).cast("B")) != e - s:
-        raise ValueError("the file is truncated")
-    return t
+    for part in dst.view(-1, *dst.shape[-2:]).unbind(0) if dst.dim() > 2 else [dst]:
+        n = part.numel() * part.element_size()
+        if f.readinto(memoryview(part.view(torch.uint8).numpy()).cast("B")) != n:
+            raise ValueError("the file is truncated")
 
 
 def save(stem: str, key: str, cache, tokens: int, label: dict) -> Path | None:
@@ -188,14 +202,15 @@ def load(stem: str, key: str, tokens: int, make_cache) -> object | None:
             cache = make_cache()
             with torch.inference_mode():
                 for i, layer in enumerate(cache.layers):
-                    k, v = _read(f, base, header[f"k.{i}"]), _read(f, base, header[f"v.{i}"])
-                    if k.shape[-2] != tokens or v.shape != k.shape:
-                        raise ValueError(f"layer {i} holds {k.shape[-2]} positions, not {tokens}")
-                    want = layer._k.dtype or k.dtype
-                    if k.dtype != want or v.dtype != want:
-                        raise ValueError(f"layer {i} is stored as {k.dtype}, the cache holds {want}")
-                    layer.update(k, v)
-                    del k, v
+                    hk, hv = header[f"k.{i}"], header[f"v.{i}"]
+                    if len(hk["shape"]) != 4 or hk["shape"][-2] != tokens or hv["shape"] != hk["shape"]:
+                        raise ValueError(f"layer {i} holds {hk['shape']} K/V, not {tokens} positions")
+                    want = layer._k.dtype or _dtype(hk)
+                    if _dtype(hk) != want or _dtype(hv) != want:
+                        raise ValueError(f"layer {i} is stored as {_dtype(hk)}, the cache holds {want}")
+                    k, v = layer.extend(torch.Size(hk["shape"]), want)
+                    _read_into(f, base, hk, k)
+                    _read_into(f, base, hv, v)
                 for i, ik in enumerate(cache.index_keys):
                     if f"ik.{i}" in header:
                         keys = _read(f, base, header[f"ik.{i}"])

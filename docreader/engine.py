@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .generate import Progress, generate, kv_dtype, prefill_chunk
 from .loaders import load as load_document
 from .prompt import Prompt, build, tokenize_document
 from .provenance import SelectionAccumulator, Span, capped_doc_weights, record_ranges, spans_from_weights
+from .quote_guide import MODES as GUIDE_MODES, QuoteGuide
 from .quotes import Quote, parse, verify_all
 from .token_regions import TokenCapture, TokenRegions, log_row, token_ends
 
@@ -30,6 +32,9 @@ _MODELS: dict[tuple, models.LoadedModel] = {}  # one load per (model, knobs) per
 FOLLOW_UP_TOKENS = 2048  # room a document's cache keeps past the first prompt for later turns (else one copy)
 TURN_BUDGET = 2048  # the CLI's default room for a conversation's turns beside the document (see Reader.window)
 QUESTION_ROOM = 256  # the least room a window keeps for a question besides max_new_tokens
+GUIDE_ENV = "DOCREADER_QUOTE_GUIDE"  # docreader.quote_guide's mode: off, document, spans
+DEFAULT_GUIDE = "document"
+ANCHOR_SPANS = 3  # "spans" mode: quotes start near one of the top selected passages
 
 
 def get_model(spec: str | None, overrides: dict | None = None) -> models.LoadedModel:
@@ -94,8 +99,13 @@ class Reader:
     system: str | None = None  # replaces prompts/system.txt when set
 
     def __init__(self, model: str | None = None, overrides: dict | None = None, db_path: str | Path | None = None,
-                 weighting: str = "picks", disk_cache: bool = True, turn_budget: int | None = None):
+                 weighting: str = "picks", disk_cache: bool = True, turn_budget: int | None = None,
+                 quote_guide: str | None = None):
         self.spec = model
+        # Quote lines kept to the document's words (docreader.quote_guide): a mode, else $DOCREADER_QUOTE_GUIDE
+        self.quote_guide = quote_guide or os.environ.get(GUIDE_ENV, "").strip().lower() or DEFAULT_GUIDE
+        if self.quote_guide not in GUIDE_MODES:
+            raise DocreaderError(f"{GUIDE_ENV} must be one of {', '.join(GUIDE_MODES)} (got {self.quote_guide!r})")
         self.weighting = weighting  # how spans weigh the recorded keys: see docreader.provenance
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.db_path = db_path
@@ -213,8 +223,12 @@ class Reader:
         dsa.take_paths(model)
         try:
             with dsa.recording(model, acc.recorder), dsa.profiling(model) as phases:
+                guide = None if self.quote_guide == "off" else QuoteGuide(
+                    lm.tokenizer, document.text, anchors=None if self.quote_guide != "spans" else lambda: [
+                        (s.char_start, s.char_end) for s in spans_from_weights(
+                            acc.weights, acc.rows, p, document, cfg.sink_tokens, max_spans=ANCHOR_SPANS)])
                 gen = generate(model, lm.tokenizer, p.input_ids, max_new_tokens, on_text=on_text, cache=cache,
-                               on_prefill=on_prefill, interruptible=interruptible)
+                               on_prefill=on_prefill, interruptible=interruptible, guide=guide)
         finally:
             dsa.set_mode(model, previous)
             paths = dsa.take_paths(model)
@@ -237,7 +251,8 @@ class Reader:
                      session_id=session_id, history_turns=p.history_turns, history_digest=p.digest,
                      context_window=window,
                      provenance=models.provenance_info(lm, mode, paths, self.weighting)
-                     | {"undecodable_pages": document.meta.get("undecodable_pages", [])})
+                     | {"undecodable_pages": document.meta.get("undecodable_pages", []),
+                        "quote_guide": {"mode": self.quote_guide, "replaced": guide.replaced if guide else 0}})
         ans.token_regions = capture.finish(p, len(gen.text), token_ends(lm.tokenizer, gen.token_ids, gen.text),
                                            capped_doc_weights(acc.weights, acc.rows, p, cfg.sink_tokens),
                                            len(document.text))

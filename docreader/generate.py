@@ -21,6 +21,7 @@ import dsa
 
 from .errors import DocreaderError
 from .loaders.limits import env_count
+from .quote_guide import QuoteGuide
 
 PREFILL_CHUNK_ENV = "DOCREADER_PREFILL_CHUNK"
 DEFAULT_PREFILL_CHUNK = 8192
@@ -51,7 +52,18 @@ class Generation:
         return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 and self.new_tokens > 1 else 0.0
 
 
-def stop_ids(model, tokenizer) -> set[int]:
+_STOPS: dict[tuple, frozenset[int]] = {}  # get_vocab() builds a 49k-entry dict: 70 ms of every served answer
+
+
+def stop_ids(model, tokenizer) -> frozenset[int]:
+    key = (tokenizer.name_or_path, len(tokenizer), str(model.generation_config.eos_token_id
+                                                       if model.generation_config else None))
+    if key not in _STOPS:
+        _STOPS[key] = frozenset(_stop_ids(model, tokenizer))
+    return _STOPS[key]
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
     ids = set()
     eos = model.generation_config.eos_token_id if model.generation_config else None
     for e in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]:
@@ -85,7 +97,13 @@ NO_REPEAT_NGRAM = 8
 
 def pick(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset[int] = frozenset(),
          no_repeat: int = NO_REPEAT_NGRAM) -> int:
-    """Greedy choice with two loop guards on the answer so far (never on the prompt, so quoting the
+    """Greedy choice under `penalized`'s loop guards."""
+    return int(penalized(logits, new, penalty, exempt, no_repeat).argmax())
+
+
+def penalized(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset[int] = frozenset(),
+              no_repeat: int = NO_REPEAT_NGRAM) -> torch.Tensor:
+    """The scores with two loop guards on the answer so far (never on the prompt, so quoting the
     document is not penalised; small models otherwise loop on one sentence): a repetition penalty on its
     word tokens, and no `no_repeat`-token sequence twice (this one also stops "2017 2017 2017 …", which
     the penalty leaves alone because numbers must be copyable)."""
@@ -99,7 +117,7 @@ def pick(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset
         logits[idx] = torch.where(v > 0, v / penalty, v * penalty)
     if banned:
         logits[torch.tensor(banned)] = float("-inf")
-    return int(logits.argmax())
+    return logits
 
 
 def repeats(new: list[int], n: int) -> list[int]:
@@ -173,12 +191,13 @@ def stop_on_sigint(enabled: bool) -> Iterator[threading.Event]:
 def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
              on_text: Callable[[str], None] | None = None, cache=None,
              repetition_penalty: float = REPETITION_PENALTY, on_prefill: Progress | None = None,
-             chunk: int | None = None, interruptible: bool = False) -> Generation:
+             chunk: int | None = None, interruptible: bool = False, guide: QuoteGuide | None = None) -> Generation:
     """Greedy decode; `on_text` receives each new piece of text as soon as it is decodable, `on_prefill` the
     prefill's progress (tokens done, tokens to do) after each chunk of `chunk` tokens (default `prefill_chunk()`).
     `interruptible`: Ctrl-C (SIGINT) while decoding ends the answer after the current token (stop_reason
     "interrupted") instead of raising, so a chat keeps its session and its cache; during the prefill it still
-    raises KeyboardInterrupt (there is no answer yet).
+    raises KeyboardInterrupt (there is no answer yet). `guide`: keeps `Quote: "..."` lines the document's words
+    (docreader.quote_guide); None: plain greedy.
 
     `cache` may already hold a prefix of `input_ids` (e.g. the document, kept from an earlier question);
     only the rest is prefilled. A DSA cache is made (or grown) once to hold the prompt and every new token."""
@@ -218,7 +237,8 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
             if len(new) == max_new_tokens:
                 break
             out = model(torch.tensor([[nxt]], device=dev), **dsa.cache_arg(cache), use_cache=True)
-            nxt = pick(out.logits[0, -1].cpu(), new, repetition_penalty, exempt)
+            scores = penalized(out.logits[0, -1].cpu(), new, repetition_penalty, exempt)
+            nxt = guide.choose(scores, text) if guide is not None else int(scores.argmax())
     decode_s = time.perf_counter() - t1
     text = tokenizer.decode(new, skip_special_tokens=True)
     if on_text and len(text) > len(shown):

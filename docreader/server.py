@@ -47,7 +47,7 @@ ENV_PREFIXES = ("DOCREADER_", "DSA_", "OMP_", "MKL_", "KMP_", "GOMP_", "HF_", "T
 DEFAULT_IDLE_S = 1800
 ENV_KEEP = "DOCREADER_KEEP_ALIVE"  # minutes a server that `ask`/`chat` started stays up idle (0: never start one)
 KEEP_ALIVE_MIN = 10.0
-CLI = "import sys; sys.argv[0] = 'docreader'; from docreader.cli import app; sys.exit(app())"
+CLI = "import sys; sys.argv[0] = 'docreader'; from docreader.entry import main; main()"  # the console script
 _HEADER = struct.Struct("!I")
 
 
@@ -218,6 +218,9 @@ class Server:
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         self.threads = 1
+        # /proc/stat readings (wall, (all, idle) ticks), the older one 0.25-0.5 s old: a child starts its busy-CPU
+        # interval from it instead of sleeping 0.2 s for one (cli_setup.default_threads)
+        self.samples: list[tuple[float, tuple[int, int]]] = []
 
     def warm(self) -> float:
         """Import and load what every ask/chat needs, with one torch thread: OpenMP's thread pool must not
@@ -282,6 +285,7 @@ class Server:
                         _kill(pid, signal.SIGTERM)
                         self.sel.unregister(key.fileobj)
                 self._reap()
+                self._sample_cpus()
                 if self.children:
                     last = time.monotonic()
                 elif time.monotonic() - last > self.idle_s:
@@ -289,6 +293,15 @@ class Server:
                     break
         finally:
             self.close()
+
+    def _sample_cpus(self) -> None:
+        from .cli_setup import _cpu_ticks
+        now = time.monotonic()
+        if not self.samples or now - self.samples[-1][0] >= 0.25:
+            try:
+                self.samples = [*self.samples[-1:], (now, _cpu_ticks())]
+            except (OSError, ValueError, IndexError):
+                self.samples = []
 
     def close(self) -> None:
         for pid in list(self.children):
@@ -388,6 +401,10 @@ class Server:
             _reopen_stdio(request.get("encodings") or [None] * 3)
             import torch
             torch.set_num_threads(self.threads)  # as a fresh process has it; the CLI then picks its count
+            if len(self.samples) == 2:
+                from . import cli_setup
+                wall, ticks = self.samples[0]
+                cli_setup._sample = (wall, 0.0, *ticks)  # a forked child's own CPU time starts at 0
             sys.argv = ["docreader", *request["argv"]]
             from .cli import app
             try:

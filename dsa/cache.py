@@ -51,16 +51,22 @@ class GrowBuffer:
         self.dtype = dtype
 
     def append(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[-2]
+        self.extend(x.shape, x.dtype, x.device).copy_(x)  # casts to the buffer's dtype
+        return self.view
+
+    def extend(self, shape: torch.Size, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Room for rows of `shape` [..., n, D] at the end: -> their (uninitialised) view, to be written in place,
+        e.g. straight from a file with no staging copy (docreader's document cache)."""
+        n = shape[-2]
         need = self.length + n
         if self.buf is None:
             rows = self.capacity if self.capacity >= need else max(MIN_ROWS, 2 * need)
-            self.buf = x.new_empty(*x.shape[:-2], rows, x.shape[-1], dtype=self.dtype or x.dtype)
+            self.buf = torch.empty(*shape[:-2], rows, shape[-1], dtype=self.dtype or dtype, device=device)
         elif need > self.buf.shape[-2]:
             self._realloc(max(MIN_ROWS, 2 * need))
-        self.buf[..., self.length : need, :] = x  # casts to the buffer's dtype
+        rows = self.buf[..., self.length : need, :]
         self.length = need
-        return self.view
+        return rows
 
     def reserve(self, capacity: int) -> None:
         """Make room for `capacity` rows in one allocation (one copy if rows are already held)."""
@@ -101,6 +107,16 @@ class GrowLayer(DynamicLayer):
         self.keys = self._k.append(key_states)
         self.values = self._v.append(value_states)
         return self.keys, self.values
+
+    def extend(self, shape: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Room for K and V rows of `shape` [B, Hkv, n, D] (CPU, stored as `dtype`): -> their views, to fill in
+        place (see GrowBuffer.extend); afterwards the layer holds them as if `update` had appended them."""
+        if not self.is_initialized:
+            empty = torch.empty(0, dtype=dtype)
+            self.lazy_initialization(empty, empty)
+        k, v = self._k.extend(shape, dtype), self._v.extend(shape, dtype)
+        self.keys, self.values = self._k.view, self._v.view
+        return k, v
 
     def reserve(self, capacity: int) -> None:
         self._k.reserve(capacity)

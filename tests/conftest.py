@@ -7,9 +7,12 @@ xdist workers don't convert it twice), and tests that need it get a symlink to i
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(_threads)
+
+# Tests that read real documents without the `home` fixture (module-scoped readers, subprocesses) must not fill
+# the user's document cache or log: the whole session runs in a temporary DOCREADER_HOME whose models/ is the
+# real one (converted once there, shared by the xdist workers and later runs).
+_REAL_HOME = Path(os.environ.get("DOCREADER_HOME") or Path.home() / ".cache" / "docreader")
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="docreader-test-home-"))
+(_REAL_HOME / "models").mkdir(parents=True, exist_ok=True)
+os.symlink(_REAL_HOME / "models", _SESSION_HOME / "models", target_is_directory=True)
+os.environ["DOCREADER_HOME"] = str(_SESSION_HOME)
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 IRC_SAMPLE = ROOT / "sample_docs" / "ubuntu_irc_2005-07-06_14.raw.txt"

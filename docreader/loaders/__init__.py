@@ -12,6 +12,7 @@ from pathlib import Path
 
 from docreader.document import Document
 from docreader.errors import DocreaderError
+from docreader.loaders import parsed
 from docreader.loaders.budget import Budget
 from docreader.loaders.limits import STDIN, STDIN_NAME, UNZIP_FACTOR, read_input, read_stdin, resolve_max_bytes
 from docreader.loaders.sniff import SUPPORTED_FORMATS, Sniffed, detect_format, sniff
@@ -73,12 +74,13 @@ def _load_text_format(fmt: str, path: str, data: bytes, sniffed: Sniffed, budget
 
 
 def load(path: str | Path, format: str | None = None, password: str | None = None,
-         max_bytes: int | None = None, max_tokens: int | None = None) -> Document:
+         max_bytes: int | None = None, max_tokens: int | None = None, cache: bool = False) -> Document:
     """Read any supported document; every failure is a one-line DocreaderError naming the file.
 
     Limits: `max_bytes` read, and a `Budget` of wall time and of output text: no more than a window of
     `max_tokens` (default $DOCREADER_MAX_TOKENS, else 262,144) could hold. `path` "-" reads standard input
-    (the document is then named "<stdin>")."""
+    (the document is then named "<stdin>"). `cache` (the CLI's default): take a PDF/DOCX/EPUB parsed before
+    from $DOCREADER_HOME/cache/parsed, and keep this one there (`docreader.loaders.parsed`)."""
     stdin = str(path) == STDIN
     p = Path(STDIN_NAME if stdin else path)
     where = str(p)
@@ -90,6 +92,20 @@ def load(path: str | Path, format: str | None = None, password: str | None = Non
     data = read_stdin(limit) if stdin else read_input(p, limit)
     sniffed = sniff(data, where, "" if stdin else p.suffix, budget) if fmt is None else Sniffed(fmt)  # a given format is not sniffed
     fmt = fmt or sniffed.format
+    k = parsed.key(data, fmt, budget.max_tokens, limit) if cache and parsed.keepable(fmt, data, password) else None
+    doc = parsed.get(k, where) if k else None
+    if doc is None:
+        doc = _parse(fmt, where, data, password, limit, sniffed, budget)
+        if k:
+            parsed.put(k, doc)
+    doc.meta.setdefault("bytes", len(data))
+    if format is None:
+        doc.meta.setdefault("detected_format", sniffed.format)
+    return doc
+
+
+def _parse(fmt: str, where: str, data: bytes, password: str | None, limit: int, sniffed: Sniffed,
+           budget: Budget) -> Document:
     if fmt == "pdf":
         from docreader.loaders.pdf import load_pdf
         doc = load_pdf(where, data, password, budget)
@@ -103,7 +119,4 @@ def load(path: str | Path, format: str | None = None, password: str | None = Non
         doc = _load_text_format(fmt, where, data, sniffed, budget)
     if not doc.text.strip():
         raise DocreaderError("empty document", path=where)
-    doc.meta.setdefault("bytes", len(data))
-    if format is None:
-        doc.meta.setdefault("detected_format", sniffed.format)
     return doc
