@@ -96,9 +96,10 @@ NO_REPEAT_NGRAM = 8
 
 
 def pick(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset[int] = frozenset(),
-         no_repeat: int = NO_REPEAT_NGRAM) -> int:
-    """Greedy choice under `penalized`'s loop guards."""
-    return int(penalized(logits, new, penalty, exempt, no_repeat).argmax())
+         no_repeat: int = NO_REPEAT_NGRAM, guide: QuoteGuide | None = None, text: str = "") -> int:
+    """Greedy choice under `penalized`'s loop guards; with a `guide`, its choice given the answer's `text` so far."""
+    scores = penalized(logits, new, penalty, exempt, no_repeat)
+    return guide.choose(scores, text) if guide is not None else int(scores.argmax())
 
 
 def penalized(logits: torch.Tensor, new: list[int], penalty: float, exempt: frozenset[int] = frozenset(),
@@ -237,8 +238,7 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
             if len(new) == max_new_tokens:
                 break
             out = model(torch.tensor([[nxt]], device=dev), **dsa.cache_arg(cache), use_cache=True)
-            scores = penalized(out.logits[0, -1].cpu(), new, repetition_penalty, exempt)
-            nxt = guide.choose(scores, text) if guide is not None else int(scores.argmax())
+            nxt = pick(out.logits[0, -1].cpu(), new, repetition_penalty, exempt, guide=guide, text=text)
     decode_s = time.perf_counter() - t1
     text = tokenizer.decode(new, skip_special_tokens=True)
     if on_text and len(text) > len(shown):
