@@ -70,6 +70,18 @@ def start_busy_sample(keep_recent: float = 0.0) -> None:
         _sample = None
 
 
+def cpu_reading() -> tuple[int, int]:
+    """(all, idle) ticks now: what a server keeps so that its forked children need not wait for a first reading."""
+    return _cpu_ticks()
+
+
+def inherit_busy_sample(wall: float, ticks: tuple[int, int]) -> None:
+    """Start the busy-CPU interval from a reading taken at `wall` (time.monotonic) by the process this one was
+    forked from: a forked child's own CPU time starts at 0."""
+    global _sample
+    _sample = (wall, 0.0, *ticks)
+
+
 def _busy_cpus(interval: float = 0.2) -> float:
     """How many CPUs the machine's other processes keep busy now, from two reads of /proc/stat at least
     `interval` seconds apart (this process's own CPU time between them subtracted); 0 where there is no

@@ -295,11 +295,11 @@ class Server:
             self.close()
 
     def _sample_cpus(self) -> None:
-        from .cli_setup import _cpu_ticks
         now = time.monotonic()
         if not self.samples or now - self.samples[-1][0] >= 0.25:
+            from .cli_setup import cpu_reading
             try:
-                self.samples = [*self.samples[-1:], (now, _cpu_ticks())]
+                self.samples = [*self.samples[-1:], (now, cpu_reading())]
             except (OSError, ValueError, IndexError):
                 self.samples = []
 
@@ -402,9 +402,8 @@ class Server:
             import torch
             torch.set_num_threads(self.threads)  # as a fresh process has it; the CLI then picks its count
             if len(self.samples) == 2:
-                from . import cli_setup
-                wall, ticks = self.samples[0]
-                cli_setup._sample = (wall, 0.0, *ticks)  # a forked child's own CPU time starts at 0
+                from .cli_setup import inherit_busy_sample
+                inherit_busy_sample(*self.samples[0])
             sys.argv = ["docreader", *request["argv"]]
             from .cli import app
             try:

@@ -93,6 +93,23 @@ def test_busy_cpus_sampled_early_leaves_out_this_process(monkeypatch):
     assert slept == [0.0]
 
 
+def test_served_child_starts_from_its_servers_reading(monkeypatch):
+    """A forked child inherits the server's /proc/stat reading: threads_option keeps it (no new one, no sleep),
+    and the child's own CPU time counts from 0."""
+    readings = iter([(1300, 600)])  # the child's one read; the server's was (1000, 500)
+    slept = []
+    monkeypatch.setattr(cli_setup, "_cpu_ticks", lambda: next(readings))
+    monkeypatch.setattr(cli_setup, "_own_cpu_s", lambda: 1.0)  # 100 ticks of this child
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(cli_setup.time, "sleep", slept.append)
+    now = cli_setup.time.monotonic()
+    cli_setup.inherit_busy_sample(now - 0.3, (1000, 500))
+    cli_setup.threads_option(None)  # would take a new reading (and exhaust `readings`) if it dropped the old one
+    assert cli_setup._busy_cpus() == pytest.approx(2 * 100 / 300)
+    assert slept == [0.0]
+
+
 def test_use_threads(monkeypatch, torch_threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cli_setup.use_threads(1) == 1 == torch.get_num_threads()
