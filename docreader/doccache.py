@@ -22,13 +22,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .home import home
+from .home import home, write_atomically
 
 FORMAT = 1
 SIZE_ENV = "DOCREADER_CACHE_MB"
@@ -159,24 +158,12 @@ def save(stem: str, key: str, cache, tokens: int, label: dict) -> Path | None:
     meta = {"key": key, "tokens": str(tokens), "format": str(FORMAT), "document": str(label.get("document", "")),
             "model": str(label.get("model", ""))}
     d = cache_dir()
-    tmp = None
+    path = d / f"{stem}{SUFFIX}"
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{stem}.", suffix=".tmp")
-        os.close(fd)
-        _write(tmp, tensors, meta)
-        path = d / f"{stem}{SUFFIX}"
-        os.replace(tmp, path)  # atomic: a reader sees the old entry, the new one, or none
-        tmp = None
+        write_atomically(path, lambda tmp: _write(tmp, tensors, meta))  # a reader sees the old entry, the new one, or none
     except OSError as e:
         note(f"the document cache could not be written ({d}: {e.strerror or e}); answers still work, uncached")
         return None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     evict(limit_bytes(), keep=path)
     return path
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 from docreader.document import Document, Region
-from docreader.home import home
+from docreader.home import home, write_atomically
 
 FORMATS = ("pdf", "docx", "epub")
 FORMAT = 1
@@ -83,27 +82,18 @@ def put(k: str, doc: Document) -> None:
     """Keep `doc` under key `k`; a cache dir that cannot take it costs nothing (the next load parses again)."""
     if doc.meta.get("undecodable_pages"):
         return
-    d = parsed_dir()
-    tmp = None
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        body = {"key": k, "format": doc.format, "text": doc.text, "meta": doc.meta,
-                "regions": [{"start": r.start, "end": r.end, "kind": r.kind, "index": r.index, "label": r.label,
-                             "meta": r.meta} for r in doc.regions]}
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{k}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+    body = {"key": k, "format": doc.format, "text": doc.text, "meta": doc.meta,
+            "regions": [{"start": r.start, "end": r.end, "kind": r.kind, "index": r.index, "label": r.label,
+                         "meta": r.meta} for r in doc.regions]}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as out:
             json.dump(body, out, ensure_ascii=False, separators=(",", ":"))
-        os.replace(tmp, d / f"{k}.json")
-        tmp = None
+    try:
+        write_atomically(parsed_dir() / f"{k}.json", write)
         evict(MAX_ENTRIES)
     except (OSError, TypeError, ValueError):
         pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def evict(keep: int) -> int:
