@@ -65,20 +65,23 @@ def fill_random(model, cache: dsa.DSACache, L: int, device: str, chunk: int = 81
 @torch.inference_mode()
 def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only: bool = False,
             prefill_threads: int | None = None, text_ids: torch.Tensor | None = None, chunk: int = 0,
-            kv_dtype: torch.dtype | None = None, random_cache: bool = False) -> dict:
+            kv_dtype: torch.dtype | None = None, random_cache: bool = False, graph: str | None = None,
+            eager: bool = True) -> dict:
     """Prefill L random tokens, then greedy-free decode n_decode tokens (fixed ids); seconds + phases.
 
     decode_only: DSA fills its caches with a dense-attention prefill (the indexer keys are computed as
     usual), so long-context decode can be timed when the sparse prefill is too slow to wait for; decode
     is then sparse. random_cache: no prefill at all, the caches hold L random rows (prefill_s is nan).
     prefill_threads: prefill with this many threads, decode with the process's own. chunk: tokens per
-    prefill forward (0: one forward). kv_dtype: how DSA's sparse layers store K/V (None: the model's dtype)."""
+    prefill forward (0: one forward). kv_dtype: how DSA's sparse layers store K/V (None: the model's dtype).
+    graph: "sparse" or "dense" (the model in dense mode): then n_decode more tokens through `dsa.graph_decode`, timed
+    apart (graph_decode_ms); eager=False skips the eager decode."""
     if text_ids is not None:
         x = text_ids.repeat(-(-L // len(text_ids)))[:L][None].to(device)
     else:
         g = torch.Generator().manual_seed(L)
         x = torch.randint(100, model.config.vocab_size - 100, (1, L), generator=g).to(device)
-    capacity = L + n_decode
+    capacity = L + n_decode + (n_decode + 1 if graph else 0)
     cache = (dsa.new_cache(model, capacity, kv_dtype) if sparse
              else dsa.DSACache(model.config.num_hidden_layers, capacity=capacity))
     phases: dict = {}
@@ -102,13 +105,28 @@ def run_one(model, L: int, n_decode: int, device: str, sparse: bool, decode_only
         pre = dict(ph or {})
         tok = torch.tensor([[1234]], device=device)
         t1 = time.perf_counter()
-        for _ in range(n_decode):
+        for _ in range(n_decode if eager else 0):
             model(tok, **dsa.cache_arg(cache), use_cache=True)
         _sync(device)
-        decode = (time.perf_counter() - t1) / n_decode
+        decode = (time.perf_counter() - t1) / n_decode if eager else float("nan")
         if ph is not None:
             phases = {"prefill": pre, "decode": {k: v - pre.get(k, 0) for k, v in ph.items()}}
-    return {"prefill_s": prefill_s, "decode_ms": decode * 1e3, "phases": phases}
+    graph_ms = graph_decode_ms(model, cache, n_decode, device, indexer=graph == "sparse") if graph else None
+    return {"prefill_s": prefill_s, "decode_ms": decode * 1e3, "phases": phases, "graph_decode_ms": graph_ms}
+
+
+@torch.inference_mode()
+def graph_decode_ms(model, cache: dsa.DSACache, n: int, device: str, indexer: bool = True) -> float:
+    """ms per token of n steps of `dsa.graph_decode.GraphDecoder` (a CUDA graph per step on a GPU), each ending
+    with the host reading the next token's id as generation does; the first step (capture) is not timed."""
+    from dsa.graph_decode import GraphDecoder
+    dec = GraphDecoder(model, cache, cache.get_seq_length() + n + 1, graph=device.startswith("cuda"), indexer=indexer)
+    int(dec.step(1234).argmax())
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        int(dec.step(1234).argmax())
+    return (time.perf_counter() - t) / n * 1e3
 
 
 class _null:
@@ -176,6 +194,9 @@ def main() -> None:
     ap.add_argument("--prefill-threads", type=int, default=None, help="threads for prefill (decode keeps the default)")
     ap.add_argument("--text", default=None, help="a UTF-8 text file whose tokens are prefilled instead of random ids "
                                                   "(needs the model's tokenizer: not with --random-weights)")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time decode through dsa.graph_decode (one CUDA graph per step on a GPU) for DSA and for "
+                         "dense attention over the same cache (the model in dense mode)")
     ap.add_argument("--json", default="bench/results/speed.json")
     args = ap.parse_args()
     if args.text and args.random_weights:
@@ -206,7 +227,14 @@ def main() -> None:
         if args.device.startswith("cuda"):  # compile FlexAttention and the SDPA kernels for this length first
             run_one(model, L, 1, args.device, sparse=True)
         r_dsa = skip if args.only == "dense" else run_one(model, L, args.decode, args.device, sparse=True,
-                                                           decode_only=args.decode_only, kv_dtype=kv_dtype, **runs)
+                                                           decode_only=args.decode_only, kv_dtype=kv_dtype,
+                                                           graph="sparse" if args.graphs else None, **runs)
+        r_gdense = None
+        if args.graphs and args.only != "dsa":
+            dsa.set_mode(model, "dense")
+            r_gdense = run_one(model, L, args.decode, args.device, sparse=True, kv_dtype=kv_dtype, graph="dense",
+                               eager=False, **runs)
+            dsa.set_mode(model, "sparse")
         keys_read = r_dsa["phases"].get("decode", {}).get("keys_read", 0) / max(args.decode, 1)
         dense_cfg = model.dsa_state.config
         dsa.detach(model)
@@ -228,6 +256,10 @@ def main() -> None:
                                         for k, v in r_dsa["phases"].get("decode", {}).items() if k not in COUNTS}}
         if pre.get("tiles_causal"):  # GPU path: share of the causal 64x64 tiles FlexAttention visited
             row["dsa_prefill_tiles_frac"] = pre["tiles"] / pre["tiles_causal"]
+        if args.graphs:
+            row["dsa_graph_decode_ms"] = r_dsa.get("graph_decode_ms") or float("nan")
+            row["dense_graph_decode_ms"] = r_gdense["graph_decode_ms"] if r_gdense else float("nan")
+            row["graph_decode_speedup"] = row["dense_graph_decode_ms"] / row["dsa_graph_decode_ms"]
         row["prefill_speedup"] = row["dense_prefill_s"] / row["dsa_prefill_s"]
         row["decode_speedup"] = row["dense_decode_ms"] / row["dsa_decode_ms"]
         rows.append(row)
@@ -263,6 +295,13 @@ def main() -> None:
               f"| {p.get('indexer', 0):.1f} / {p.get('selection', 0):.1f} / {p.get('attention', 0):.1f}, "
               f"{p.get('attention_dense_layers', 0):.1f} "
               f"| {d.get('indexer', 0):.1f} / {d.get('selection', 0):.1f} / {d.get('attention', 0):.1f} |")
+    if args.graphs:
+        print("\nDecode through dsa.graph_decode (fixed shapes" + (", one CUDA graph per step" if args.device != "cpu"
+              else ", no graph on the CPU") + "; dense = the same model and cache in dense mode, indexer off):\n")
+        print("| tokens | decode dense ms/tok | decode DSA ms/tok | decode × |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['L']:,} | {r['dense_graph_decode_ms']:.2f} | {r['dsa_graph_decode_ms']:.2f} "
+                  f"| {r['graph_decode_speedup']:.2f} |")
     if len(rows) > 1:
         r0 = rows[0]
         print(f"\nDSA decode at {rows[-1]['L']:,} is {rows[-1]['dsa_decode_ms'] / r0['dsa_decode_ms']:.2f}× "

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 import dsa
+from dsa.graph_decode import GraphDecoder
 
 from .errors import DocreaderError
 from .loaders.limits import env_count
@@ -26,6 +27,7 @@ from .quote_guide import QuoteGuide
 PREFILL_CHUNK_ENV = "DOCREADER_PREFILL_CHUNK"
 DEFAULT_PREFILL_CHUNK = 8192
 KV_DTYPE_ENV = "DOCREADER_KV_DTYPE"  # auto (default) | float32 | bfloat16
+GRAPHS_ENV = "DOCREADER_CUDA_GRAPHS"  # 1 (default): decode on a GPU through one CUDA graph per token; 0: eager
 KV_FP32_MAX_BYTES = 4 << 30  # fp32 K/V up to 4 GiB (~93k tokens of the default model), bf16 past it
 Progress = Callable[[int, int], None]  # (prompt tokens prefilled so far, prompt tokens to prefill)
 # Why an answer ended: the model said it was done, it hit max_new_tokens (the text is cut), or the user
@@ -188,6 +190,16 @@ def stop_on_sigint(enabled: bool) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+def decoder(model, cache, capacity: int) -> Callable[[int], torch.Tensor]:
+    """token id -> the next token's logits [vocab], the cache holding the token afterwards. On a GPU with a DSA cache
+    a `dsa.graph_decode.GraphDecoder` (a CUDA graph per step: at batch 1 an eager step is bound by kernel launches,
+    bench/RESULTS-speed.md), unless $DOCREADER_CUDA_GRAPHS is 0; else one eager forward."""
+    dev = next(model.parameters()).device
+    if dev.type == "cuda" and isinstance(cache, dsa.DSACache) and os.environ.get(GRAPHS_ENV, "1") != "0":
+        return GraphDecoder(model, cache, capacity).step
+    return lambda tok: model(torch.tensor([[tok]], device=dev), **dsa.cache_arg(cache), use_cache=True).logits[0, -1]
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
              on_text: Callable[[str], None] | None = None, cache=None,
@@ -218,6 +230,7 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
     logits, cache = prefill(model, ids, cache, chunk or prefill_chunk(), on_prefill)
     nxt = int(logits.argmax())
     prefill_s = time.perf_counter() - t0
+    step = decoder(model, cache, total)
     new: list[int] = []
     shown = ""
     reason = "max_tokens"
@@ -237,8 +250,7 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
                 break
             if len(new) == max_new_tokens:
                 break
-            out = model(torch.tensor([[nxt]], device=dev), **dsa.cache_arg(cache), use_cache=True)
-            nxt = pick(out.logits[0, -1].cpu(), new, repetition_penalty, exempt, guide=guide, text=text)
+            nxt = pick(step(nxt).cpu(), new, repetition_penalty, exempt, guide=guide, text=text)
     decode_s = time.perf_counter() - t1
     text = tokenizer.decode(new, skip_special_tokens=True)
     if on_text and len(text) > len(shown):

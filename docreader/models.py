@@ -322,7 +322,7 @@ def provenance_info(lm: "LoadedModel", mode: str, paths: dict, weighting: str) -
     and the paths its queries took, how spans weigh the record, code version."""
     from dsa import kernels
     device = next(lm.model.parameters()).device.type
-    served = {k: v for k, v in paths.items() if k in ("kernel", "flex", "torch", "dense")}
+    served = {k: v for k, v in paths.items() if k in ("kernel", "flex", "torch", "dense", "graph", "fixed")}
     return {"indexer": _indexer_info(lm.indexer_weights), "adapter": _adapter_info(lm.adapter), "dsa": dataclasses.asdict(lm.model.dsa_state.config) | {"mode": mode},
             "attention": mode, "device": device,
             "cpu_kernel": kernels.describe() if device == "cpu" else None,

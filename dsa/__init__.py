@@ -10,6 +10,7 @@
 
 from .cache import DSACache, cache_arg, output_cache
 from .config import DSAConfig
+from .graph_decode import GraphDecoder
 from .indexer import LightningIndexer, index_scores
 from .patch import (attach, detach, is_attached, new_cache, profiling, recording, set_mode, take_paths,
                     use_reference)
@@ -17,6 +18,6 @@ from .record import Selection, SelectionRecorder
 from .lora import load_adapter
 from .weights import find_delta, find_shipped, fingerprint, load_indexer, save_indexer
 
-__all__ = ["DSACache", "cache_arg", "output_cache", "DSAConfig", "LightningIndexer", "index_scores", "attach",
+__all__ = ["DSACache", "cache_arg", "output_cache", "DSAConfig", "GraphDecoder", "LightningIndexer", "index_scores", "attach",
            "detach", "is_attached", "new_cache", "profiling", "recording", "set_mode", "take_paths", "use_reference",
            "Selection", "SelectionRecorder", "load_adapter", "find_delta", "find_shipped", "fingerprint", "load_indexer", "save_indexer"]

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import flex, kernels
+from . import flex, graph_decode, kernels
 from .cache import DSACache
 from .config import DSAConfig
 from .record import SelectionRecorder
@@ -39,6 +39,7 @@ class DSAState:
     # post-RoPE query [B, H, Lq, D] / key [B, Hkv, Lk, D], before attention (see dsa.train)
     capture: Callable | None = None
     rope: tuple | None = None  # ((start, end, device), (cos, sin)): the indexer's RoPE, computed once per forward
+    fixed: object | None = None  # a fixed-shape decode step is running (dsa.graph_decode.Fixed)
     reference: bool = False  # every query through the reference path (select_chunk + SDPA): see select.py
     # queries served by each path ("kernel", "flex", "torch", "dense") and the kernel's own counts, summed over
     # sparse layers until reset: what produced an answer's attention, for its log
@@ -151,6 +152,8 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
     Lk = key.shape[2]
     _check_contract(module, attention_mask, Lq, Lk, kwargs)
     scaling = scaling if scaling is not None else D**-0.5
+    if state.fixed is not None:  # one decode step with fixed shapes, possibly under a CUDA graph
+        return graph_decode.attend(module, state.fixed, cfg, layer, x, query, key, value, scaling), None
     if state.capture is not None:
         state.capture(layer, x, query, key)
     if not cfg.is_sparse_layer(layer):  # its time is also reported apart: it grows with the square of the length
