@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 import dsa
-from dsa.graph_decode import GraphDecoder
+from dsa import graph_decode
 
 from .errors import DocreaderError
 from .loaders.limits import env_count
@@ -190,13 +190,19 @@ def stop_on_sigint(enabled: bool) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+def graphs(model) -> bool:
+    """Decode through CUDA graphs? On a GPU, with DSA, unless $DOCREADER_CUDA_GRAPHS is 0."""
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    return on_gpu and dsa.is_attached(model) and os.environ.get(GRAPHS_ENV, "1") != "0"
+
+
 def decoder(model, cache, capacity: int) -> Callable[[int], torch.Tensor]:
     """token id -> the next token's logits [vocab], the cache holding the token afterwards. On a GPU with a DSA cache
     a `dsa.graph_decode.GraphDecoder` (a CUDA graph per step: at batch 1 an eager step is bound by kernel launches,
     bench/RESULTS-speed.md), unless $DOCREADER_CUDA_GRAPHS is 0; else one eager forward."""
     dev = next(model.parameters()).device
-    if dev.type == "cuda" and isinstance(cache, dsa.DSACache) and os.environ.get(GRAPHS_ENV, "1") != "0":
-        return GraphDecoder(model, cache, capacity).step
+    if graphs(model) and isinstance(cache, dsa.DSACache):
+        return graph_decode.GraphDecoder(model, cache, capacity).step
     return lambda tok: model(torch.tensor([[tok]], device=dev), **dsa.cache_arg(cache), use_cache=True).logits[0, -1]
 
 
@@ -217,10 +223,11 @@ def generate(model, tokenizer, input_ids: list[int], max_new_tokens: int = 256,
     stops = stop_ids(model, tokenizer)
     exempt = exempt_ids(tokenizer) if repetition_penalty != 1.0 else frozenset()
     total = len(input_ids) + max_new_tokens
+    room = graph_decode.padded(total) if graphs(model) else total  # a GraphDecoder reads whole padded buffers
     if cache is None and dsa.is_attached(model):
-        cache = dsa.new_cache(model, capacity=total, dtype=kv_dtype(model, total))
+        cache = dsa.new_cache(model, capacity=room, dtype=kv_dtype(model, total))
     if isinstance(cache, dsa.DSACache):
-        cache.reserve(total)
+        cache.reserve(room)
     done = cache.get_seq_length() if cache is not None else 0
     if done >= len(input_ids):
         raise ValueError(f"the cache holds {done} tokens, the prompt only {len(input_ids)}")

@@ -150,10 +150,10 @@ def dsa_attention(module, query, key, value, attention_mask=None, scaling=None, 
     x, cache = state.inputs.pop(layer)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
-    _check_contract(module, attention_mask, Lq, Lk, kwargs)
     scaling = scaling if scaling is not None else D**-0.5
-    if state.fixed is not None:  # one decode step with fixed shapes, possibly under a CUDA graph
+    if state.fixed is not None:  # one decode step with fixed shapes over whole buffers (GraphDecoder.fits: contract)
         return graph_decode.attend(module, state.fixed, cfg, layer, x, query, key, value, scaling), None
+    _check_contract(module, attention_mask, Lq, Lk, kwargs)
     if state.capture is not None:
         state.capture(layer, x, query, key)
     if not cfg.is_sparse_layer(layer):  # its time is also reported apart: it grows with the square of the length

@@ -18,6 +18,7 @@ The cache's Python-side lengths advance after each step, so eager and fixed step
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ class Fixed:
     pos: torch.Tensor  # [1] long: the position being decoded
     base: DSACache
     rows: int  # K/V rows dense attention reads (a multiple of CHUNK, >= the capacity)
+    counts: torch.Tensor | None = None  # [blocks, 1] fp32 block_size: block means divide as IndexerKeys' do
     rope: tuple | None = None  # the indexer's (cos, sin) at pos, computed once per step
     indexer: bool = True  # False: "dense" mode without the indexer (a benchmark's baseline; its keys fall behind)
     # layer -> (chosen [kt], scores [kt], ok [kt], blocks [kb], blocks_ok [kb]): the step's picks, for the record
@@ -60,6 +62,12 @@ class _View(Cache):
         kb.index_copy_(2, self.pos, key_states.to(kb.dtype))
         vb.index_copy_(2, self.pos, value_states.to(vb.dtype))
         return kb, vb
+
+
+def padded(capacity: int) -> int:
+    """The rows a GraphDecoder needs for `capacity` tokens: allocate the cache with this many (`new_cache`) and it is
+    never copied to make room."""
+    return -(-capacity // CHUNK) * CHUNK
 
 
 def min_length(cfg: DSAConfig) -> int:
@@ -147,7 +155,7 @@ def _select(module, fixed: Fixed, cfg: DSAConfig, layer: int, x: torch.Tensor) -
     nbc = sums.shape[0]
     bidx = torch.arange(nbc, device=dev)
     free = (bidx >= ns) & (bidx < fl)
-    bscore = _tiebreak((wf @ F.relu(qf @ (sums / bs).T))[None], bidx * bs)[0].masked_fill(~free, NEG)  # [nbc]
+    bscore = _tiebreak((wf @ F.relu(qf @ (sums / fixed.counts).T))[None], bidx * bs)[0].masked_fill(~free, NEG)
     bval, picks = bscore.topk(min(cfg.n_blocks, nbc))  # [kb]
     bok = bval > NEG
 
@@ -189,31 +197,46 @@ class GraphDecoder:
         self.graph = dev.type == "cuda" if graph is None else graph
         self.min_length = min_length(self.state.config)
         self._sparse_layers = sum(self.state.config.is_sparse_layer(i) for i in range(len(cache.layers)))
-        rows = -(-capacity // CHUNK) * CHUNK
+        rows = padded(capacity)
         cache.reserve(rows)  # every buffer holds `rows` rows from now on: a graph reads them whole
         self.tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
         self.fixed = Fixed(self.pos, cache, rows, indexer=indexer)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._logits: torch.Tensor | None = None
-        self._tails_zeroed = False
+        self._buffers: tuple = ()  # (address, rows) of every buffer the fixed step last saw
+        cfg = model.config
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        # eager only: dynamic RoPE decides in Python from the length; a sliding window past its size is refused there
+        self._eager_only = "dynamic" in str(rope.get("rope_type", rope.get("type", "")))
+        self._window = getattr(cfg, "sliding_window", None)
 
     def fits(self, position: int) -> bool:
         """Does the fixed step serve the token at `position`?"""
-        return self.min_length <= position + 1 <= self.capacity and all(
-            layer._k.buf is not None for layer in self.cache.layers)
+        return (self.min_length <= position + 1 <= self.capacity and not self._eager_only
+                and (self._window is None or position + 1 <= self._window)
+                and not self.state.reference and os.environ.get("DSA_REFERENCE") != "1"
+                and all(layer._k.buf is not None for layer in self.cache.layers))
 
     @torch.inference_mode()
     def step(self, token: int) -> torch.Tensor:
-        """Feed one token -> the logits [vocab] after it, recording its selections when a recorder wants them."""
+        """Feed one token -> the logits [vocab] after it, recording its selections when a recorder wants them. Under a
+        graph the logits are the graph's output buffer, overwritten by the next step: copy what you keep."""
         p = self.cache.get_seq_length()
         rec = self.state.recorder
         recording = rec is not None and rec.wants(p)
         if not self.fits(p) or (recording and (rec.weighting != "picks" or self.state.config.mode == "dense")):
             ids = torch.tensor([[token]], device=self.tok.device)
             return self.model(ids, **cache_arg(self.cache), use_cache=True).logits[0, -1]
-        if not self._tails_zeroed:  # rows past the length are masked, but NaN garbage would survive p = 0
-            self._zero_tails()
+        buffers = self._buffer_list()
+        if self._buffers != tuple((b.buf.data_ptr(), b.buf.shape[-2]) for b in buffers):  # new or moved buffers:
+            self._graph = None  # a graph holds the old addresses
+            for b in buffers:  # rows past the length are masked, but NaN garbage would survive p = 0
+                b.buf[..., b.length :, :].zero_()
+            self._buffers = tuple((b.buf.data_ptr(), b.buf.shape[-2]) for b in buffers)
+            blocks = max((ik.block_sums.buf.shape[1] for ik in self.cache.index_keys if ik.block_sums.buf is not None),
+                         default=0)
+            self.fixed.counts = torch.full((blocks, 1), float(self.state.config.block_size), device=self.pos.device)
         self.tok.fill_(token)
         self.pos.fill_(p)
         timings, self.state.timings = self.state.timings, None  # no per-phase timer inside a fixed step
@@ -254,24 +277,22 @@ class GraphDecoder:
     def _capture(self) -> None:
         """Warm up on a side stream (lazy initialisation, allocator), then capture one step. Every run computes the
         same step at the same position, so the warm-ups' writes are the ones the replay makes."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            self._logits = self._forward()
+        with torch.cuda.device(self.pos.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._forward()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self._logits = self._forward()
         self._graph = g
 
-    def _zero_tails(self) -> None:
+    def _buffer_list(self) -> list:
         c = self.cache
         bufs = [b for layer in c.layers for b in (layer._k, layer._v)]
-        bufs += [b for ik in c.index_keys if ik.keys.buf is not None for b in (ik.keys, ik.block_sums)]
-        for b in bufs:
-            b.buf[..., b.length :, :].zero_()
-        self._tails_zeroed = True
+        return bufs + [b for ik in c.index_keys if ik.keys.buf is not None for b in (ik.keys, ik.block_sums)]
 
     def _advance(self, n: int) -> None:
         """The cache's Python-side lengths (and views) to n tokens, as if `update` had appended the step's rows."""
@@ -286,9 +307,10 @@ class GraphDecoder:
     def _record(self, rec, p: int) -> None:
         """The step's picks in `select_last`'s record form: ascending positions, their scores, the kept blocks."""
         qpos = torch.tensor([p], device=self.pos.device)
+        width = min(self.state.config.n_blocks, -(-(p + 1) // self.state.config.block_size))  # as select_last's
         for layer, (chosen, tval, ok, picks, bok) in self.fixed.picks.items():
             order = chosen[ok].argsort()
-            blocks = torch.full_like(picks, -1)
+            blocks = torch.full((width,), -1, dtype=picks.dtype, device=picks.device)
             kept = picks[bok].sort().values
             blocks[: kept.shape[0]] = kept
             rec.add(layer, 0, qpos, chosen[ok][order][None], tval[ok][order][None], blocks[None])

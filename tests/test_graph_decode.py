@@ -14,8 +14,10 @@ from test_dsa import FAMILIES, ids, small, tiny
 PROMPT, NEW = 300, 40
 
 
-def _decode(model, x: torch.Tensor, fixed: bool, graph: bool = False, prompt: int = PROMPT, device: str = "cpu"):
-    """Prefill x[:, :prompt], then feed the rest one token at a time -> (logits [n, V], picks {(layer, qpos): keys})."""
+def _decode(model, x: torch.Tensor, fixed: bool, graph: bool = False, prompt: int = PROMPT, device: str = "cpu",
+            move_at: int | None = None):
+    """Prefill x[:, :prompt], then feed the rest one token at a time -> (logits [n, V], picks {(layer, qpos): keys}).
+    move_at: before that position, grow the cache's buffers (they move to new memory)."""
     sels: list = []
     cache = dsa.new_cache(model, capacity=x.shape[1])
     x = x.to(device)
@@ -24,6 +26,8 @@ def _decode(model, x: torch.Tensor, fixed: bool, graph: bool = False, prompt: in
         model(x[:, :prompt], **dsa.cache_arg(cache), use_cache=True)
         dec = GraphDecoder(model, cache, capacity=x.shape[1], graph=graph) if fixed else None
         for t in range(prompt, x.shape[1]):
+            if t == move_at:
+                cache.reserve(4 * x.shape[1])
             if fixed:
                 out.append(dec.step(int(x[0, t])).float().cpu())
             else:
@@ -32,11 +36,13 @@ def _decode(model, x: torch.Tensor, fixed: bool, graph: bool = False, prompt: in
     return torch.stack(out), picks, cache
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_fixed_step_matches_eager_decode(family):
+@pytest.mark.parametrize("family,cfg", [(f, small()) for f in FAMILIES]
+                         + [("llama", small(n_blocks=40, sink_tokens=21))],  # more blocks than the context has; a
+                         ids=[*FAMILIES, "llama-wide"])
+def test_fixed_step_matches_eager_decode(family, cfg):                        # sink ending inside a block
     """Same logits and the same picks and kept blocks for every sparse layer and every decoded token."""
     model = tiny(family)
-    dsa.attach(model, small())
+    dsa.attach(model, cfg)
     x = ids(PROMPT + NEW)
     ref, ref_picks, _ = _decode(model, x, fixed=False)
     got, got_picks, _ = _decode(model, x, fixed=True)
@@ -87,6 +93,8 @@ def test_cuda_graph_replays_the_fixed_step():
     ref, ref_picks, _ = _decode(model, x, fixed=False, device="cuda")
     assert torch.allclose(replay, eager, atol=1e-5) and replay_picks == eager_picks
     assert torch.allclose(replay, ref, atol=1e-4) and replay_picks == ref_picks
+    moved, moved_picks, _ = _decode(model, x, fixed=True, graph=True, device="cuda", move_at=PROMPT + NEW // 2)
+    assert torch.allclose(moved, ref, atol=1e-4) and moved_picks == ref_picks  # a graph of the old buffers is dropped
 
 
 def test_fixed_step_runs_under_the_phase_timer_and_is_counted():
