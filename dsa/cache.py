@@ -121,7 +121,7 @@ class GrowLayer(DynamicLayer):
     def reserve(self, capacity: int) -> None:
         self._k.reserve(capacity)
         self._v.reserve(capacity)
-        if self.is_initialized:  # views of the old buffers would keep them alive
+        if self.is_initialized and self._k.buf is not None:  # views of the old buffers would keep them alive
             self.keys, self.values = self._k.view, self._v.view
 
     def gather(self, b: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
