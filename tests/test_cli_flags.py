@@ -169,7 +169,16 @@ def test_a_cut_answer_says_so(home, tiny, contract):
     assert "[cut off: the answer reached --max-new-tokens 3; it is incomplete]" in out and "stop: max_tokens" in out
 
 
-def test_generate_stop_reasons(tokenizer, tmp_path_factory):
+@pytest.fixture
+def keyboard_sigint():
+    """Ctrl-C raising KeyboardInterrupt, as in a terminal, whatever an earlier test in this process left behind
+    (the handler a test process starts with is not always Python's default)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_generate_stop_reasons(tokenizer, tmp_path_factory, keyboard_sigint):
     reader = Reader(str(tiny_model_dir(tmp_path_factory.mktemp("models"))), TINY_DSA)
     lm = reader.lm
     ids = tokenizer("Hello there, how are you?", add_special_tokens=False)["input_ids"]
