@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from docreader.quote_guide import QuoteGuide, fold_map
+from docreader.quote_guide import QuoteGuide, fold, folded_offsets
 
 DOC = ("1. Term. This Agreement lasts five years.\n\n7. Governing Law. This Agreement is to be construed\n"
        "according to the laws of the State of Illinois.")
@@ -80,9 +80,26 @@ def test_spans_mode_starts_near_the_selected_passage(tokenizer):
 
 
 @pytest.mark.parametrize("text", ["a  b\n\nc", " lead", "tail\t", "", "x"])
-def test_fold_map_offsets(text):
-    folded, offsets = fold_map(text)
+def test_folded_offsets(text):
+    folded, offsets = fold(text), folded_offsets(text)
     assert len(offsets) == len(text) + 1 and offsets[-1] == len(folded)
     for i, ch in enumerate(text):
         if not ch.isspace():
             assert folded[offsets[i]] == ch
+
+
+def test_offset_map_only_for_anchors(tokenizer, monkeypatch):
+    """The default ("document") mode never builds the per-character offset map (0.3 s for a novel on a slow
+    CPU, every answer); "spans" mode builds it once, when the first quote starts."""
+    from docreader import quote_guide
+    calls = []
+    monkeypatch.setattr(quote_guide, "folded_offsets", lambda text: calls.append(1) or list(range(len(text) + 1)))
+    g = QuoteGuide(tokenizer, DOC)
+    g.choose(scores(tokenizer, ["Section", "Term"]), 'Quote: "')
+    g.choose(scores(tokenizer, [" lasts"]), 'Quote: "This Agreement')
+    assert calls == []
+    law = DOC.index("7.")
+    anchored = QuoteGuide(tokenizer, DOC, anchors=lambda: [(law, law + 10)])
+    for _ in range(2):
+        anchored.choose(scores(tokenizer, ["Section", "Term"]), 'Quote: "')
+    assert calls == [1]
