@@ -63,6 +63,11 @@ def test_short_prompt_starts_eager_and_cache_stays_whole():
     ref, _, _ = _decode(model, x[:, : start + 40], fixed=False, prompt=start)
     assert torch.allclose(got, ref, atol=3e-5)
     assert cache.get_seq_length() == start + 40 and len(cache.index_keys[1]) == start + 40
+    fresh = dsa.new_cache(model)
+    with torch.inference_mode():
+        model(x[:, : start + 40], **dsa.cache_arg(fresh), use_cache=True)
+    for layer in (1, 2):  # the block sums the fixed steps left are the ones an eager prefill computes
+        assert torch.allclose(cache.index_keys[layer].block_means(), fresh.index_keys[layer].block_means(), atol=1e-5)
     with torch.inference_mode():
         cache.reserve(start + 60)
         tail = model(x[:, start + 40 :], **dsa.cache_arg(cache), use_cache=True).logits
