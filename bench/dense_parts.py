@@ -70,6 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=131072)
     ap.add_argument("--chunk", type=int, default=8192, help="tokens per forward of the no-attention model")
+    ap.add_argument("--attention-only", action="store_true",
+                    help="time one layer's attention only (the rest of the model can come from another run's phases)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from docreader import models
@@ -78,6 +80,10 @@ def main() -> None:
     dsa.detach(model)  # the plain model: no indexer
     L, layers = args.tokens, model.config.num_hidden_layers
     attn = time_attention(model, L)
+    if args.attention_only:
+        print(json.dumps({"tokens": L, "threads": torch.get_num_threads(), "one_layer_attention_s": round(attn, 1),
+                          "layers": layers}))
+        return
     rest = time_rest(model, L, args.chunk)
     row = {"tokens": L, "threads": torch.get_num_threads(), "one_layer_attention_s": round(attn, 1),
            "layers": layers, "attention_s": round(attn * layers, 1), "rest_s": round(rest, 1),
