@@ -96,6 +96,10 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: 
     """q [B, H, Lq, D], k/v [B, Hkv, Lk, D] -> [B, Lq, H, D]; queries are the last Lq positions. K/V stored in
     another dtype (a bf16 cache) are upcast to the queries'."""
     Lq, Lk = q.shape[2], k.shape[2]
+    if Lq == 1 and q.shape[0] == 1 and not q.requires_grad and kernels.usable(q):
+        o = kernels.attend_all(q[0, :, 0], k[0], v[0], scaling)  # CPU decode: rows streamed over the threads
+        if o is not None:
+            return o[None, None]
     k, v = k.to(q.dtype), v.to(q.dtype)
     if Lq == Lk:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)

@@ -98,6 +98,8 @@ def _build() -> ctypes.CDLL:
             fn.restype = _int
             fn.argtypes = [_i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr,
                            _int, _int, _int, _int, _int, _int, _int, _int, _int, _int, _f32, _int, _int]
+            lib.dsa_attend_all.restype = _int
+            lib.dsa_attend_all.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _ptr, _int, _int, _int, _f32, _int, _int]
             lib.dsa_kernel_isa.restype = ctypes.c_char_p
             return lib
     raise RuntimeError("; ".join(dict.fromkeys(errors)))
@@ -186,3 +188,23 @@ def select_attend(qi: torch.Tensor, wi: torch.Tensor, keys: torch.Tensor, means:
             stats[name] = stats.get(name, 0) + counts[i]
         stats["threads"] = max(stats.get("threads", 0), counts[3])
     return nread, (phase[0], phase[1])
+
+
+def attend_all(query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+               threads: int | None = None) -> torch.Tensor | None:
+    """A dense layer's decode step on the CPU: query [H, D] over every key of k / v [Hkv, L, D] -> [H, D], or None
+    when the kernel cannot take them. k / v may be the first L rows of a longer buffer [Hkv, cap, D] (a cache's
+    view): rows contiguous, float32 or both bfloat16. The same arithmetic as a sparse decode step's attention."""
+    if not (available() and query.device.type == "cpu" and query.dtype == torch.float32 and k.dtype == v.dtype
+            and k.dtype in KV_DTYPES and k.shape == v.shape and k.stride() == v.stride()
+            and k.stride(2) == 1 and k.stride(1) == k.shape[2] and k.stride(0) >= k.shape[1] * k.shape[2]):
+        return None
+    Hkv, L, D = k.shape
+    H = query.shape[0]
+    if H % Hkv or k.stride(0) % D:
+        return None
+    query = query.contiguous()
+    out = torch.empty(H, D)
+    _lib.dsa_attend_all(query.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0) // D, L, out.data_ptr(), H, Hkv, D,
+                        float(scaling), threads or torch.get_num_threads(), int(k.dtype == torch.bfloat16))
+    return out

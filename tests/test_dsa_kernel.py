@@ -162,3 +162,27 @@ def test_kernel_overlapping_tile_matches_sdpa(H, HKV, D):
                                              scale=D**-0.5, enable_gqa=True)[0, :, 0]
         assert torch.allclose(out[c], ref, atol=1e-5), (c, (out[c] - ref).abs().max())
     assert differ > 0  # the queries' selections are not all the same: the per-query masks matter
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("H,HKV,D,L,cap,dtype", [(9, 3, 64, 1000, 1500, torch.float32), (9, 3, 64, 1, 4, torch.float32),
+                                                 (8, 2, 128, 777, 777, torch.bfloat16), (4, 4, 32, 67, 70, torch.float32)])
+def test_attend_all_matches_attend_one(H, HKV, D, L, cap, dtype, threads):
+    """A dense layer's CPU decode step through the kernel (every key, rows of a longer cache buffer, split over
+    threads) equals the grouped matmuls it replaces."""
+    from dsa.attention import _attend_one
+    g = torch.Generator().manual_seed(L)
+    kb, vb = (torch.randn(HKV, cap, D, generator=g).to(dtype) for _ in range(2))
+    k, v = kb[:, :L], vb[:, :L]  # a cache's view: rows contiguous, heads `cap` rows apart
+    q = torch.randn(H, D, generator=g)
+    out = kernels.attend_all(q, k, v, D**-0.5, threads=threads)
+    ref = _attend_one(q, k.float(), v.float(), D**-0.5)
+    assert out is not None and torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+def test_attend_all_refuses_what_it_cannot_read():
+    q, k = torch.randn(9, 64), torch.randn(3, 100, 64)
+    assert kernels.attend_all(q, k.transpose(1, 2).contiguous().transpose(1, 2), k, 0.125) is None  # strided rows
+    assert kernels.attend_all(q, k, k.half(), 0.125) is None  # mixed dtypes
+    assert kernels.attend_all(q.double(), k.double(), k.double(), 0.125) is None
+    assert kernels.attend_all(torch.randn(8, 64), k, k, 0.125) is None  # 8 query heads over 3 KV heads

@@ -282,6 +282,29 @@ void report(const Scratch* s, int n, int threads, double* phase_s, int64_t* stat
 // The vector instructions the fast paths were built with: "avx512", "avx2" or "scalar".
 extern "C" const char* dsa_kernel_isa() { return SIMD_ISA; }
 
+// A dense layer's decode step: one query [H, D] over every position [0, L) of the K/V buffers [HKV, cap, D]
+// (float32, or bfloat16 when kv_bf16 is nonzero), split over `threads` as a sparse decode step is. Rows are read
+// in order, so the hardware prefetcher streams them; PyTorch's two grouped matmuls over the same rows ran at a
+// quarter of the bandwidth on 2 cores (bench/RESULTS-long.md, 2026-12-05).
+extern "C" int dsa_attend_all(const float* query, const void* kbuf, const void* vbuf, int64_t cap, int64_t L,
+                              float* out, int H, int HKV, int D, float scaling, int threads, int kv_bf16) {
+    Args a{nullptr, nullptr, nullptr, nullptr, nullptr, query, kbuf, vbuf, out, nullptr, nullptr, cap, 0,
+           0, 0, H, HKV, D, 0, 0, 0, 0, 0, scaling};
+    Scratch s;
+    s.attend.resize(static_cast<size_t>(L));
+    for (int64_t t = 0; t < L; ++t) s.attend[t] = t;
+#ifdef _OPENMP
+    const int parts = std::max(1, threads);
+#else
+    const int parts = 1;
+#endif
+    using Fn = void (*)(const Args&, int64_t, Scratch&, int);
+    const Fn fn = kv_bf16 ? (D == 64 ? attend_split<bf16, 64> : D == 128 ? attend_split<bf16, 128> : attend_split<bf16, 0>)
+                          : (D == 64 ? attend_split<float, 64> : D == 128 ? attend_split<float, 128> : attend_split<float, 0>);
+    fn(a, 0, s, parts);
+    return 0;
+}
+
 // phase_s (may be null) receives the seconds spent selecting and attending, summed over threads; stats (may
 // be null) adds [tiles attended by dense products, tiles attended row by row, queries decoded alone, threads].
 // kbuf / vbuf hold float32, or bfloat16 when kv_bf16 is nonzero.
