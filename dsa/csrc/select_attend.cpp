@@ -284,8 +284,8 @@ extern "C" const char* dsa_kernel_isa() { return SIMD_ISA; }
 
 // A dense layer's decode step: one query [H, D] over every position [0, L) of the K/V buffers [HKV, cap, D]
 // (float32, or bfloat16 when kv_bf16 is nonzero), split over `threads` as a sparse decode step is. Rows are read
-// in order, so the hardware prefetcher streams them; PyTorch's two grouped matmuls over the same rows ran at a
-// quarter of the bandwidth on 2 cores (bench/RESULTS-long.md, 2026-12-05).
+// in order, so the hardware prefetcher streams them: 27 ms for one layer at 128k tokens on 2 cores, where PyTorch's
+// two grouped matmuls over the same rows took 73 ms (bench/RESULTS-long.md, 2026-12-05).
 extern "C" int dsa_attend_all(const float* query, const void* kbuf, const void* vbuf, int64_t cap, int64_t L,
                               float* out, int H, int HKV, int D, float scaling, int threads, int kv_bf16) {
     Args a{nullptr, nullptr, nullptr, nullptr, nullptr, query, kbuf, vbuf, out, nullptr, nullptr, cap, 0,
