@@ -80,14 +80,13 @@ def main() -> None:
     dsa.detach(model)  # the plain model: no indexer
     L, layers = args.tokens, model.config.num_hidden_layers
     attn = time_attention(model, L)
+    row = {"tokens": L, "threads": torch.get_num_threads(), "one_layer_attention_s": round(attn, 1), "layers": layers}
     if args.attention_only:
-        print(json.dumps({"tokens": L, "threads": torch.get_num_threads(), "one_layer_attention_s": round(attn, 1),
-                          "layers": layers}))
+        print(json.dumps(row))
         return
     rest = time_rest(model, L, args.chunk)
-    row = {"tokens": L, "threads": torch.get_num_threads(), "one_layer_attention_s": round(attn, 1),
-           "layers": layers, "attention_s": round(attn * layers, 1), "rest_s": round(rest, 1),
-           "composed_dense_prefill_s": round(attn * layers + rest, 1)}
+    row |= {"attention_s": round(attn * layers, 1), "rest_s": round(rest, 1),
+            "composed_dense_prefill_s": round(attn * layers + rest, 1)}
     print(json.dumps(row))
     print(f"dense prefill of {L:,} tokens, composed from parts: {layers} x {attn:.1f} s attention + {rest:.1f} s "
           f"for the rest of the model = {attn * layers + rest:.1f} s")

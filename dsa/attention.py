@@ -96,15 +96,12 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: 
     """q [B, H, Lq, D], k/v [B, Hkv, Lk, D] -> [B, Lq, H, D]; queries are the last Lq positions. K/V stored in
     another dtype (a bf16 cache) are upcast to the queries'."""
     Lq, Lk = q.shape[2], k.shape[2]
-    if Lq == 1 and q.shape[0] == 1 and not q.requires_grad and kernels.usable(q):
-        o = kernels.attend_all(q[0, :, 0], k[0], v[0], scaling)  # CPU decode: rows streamed over the threads
-        if o is not None:
-            return o[None, None]
+    if Lq == 1 and Lk > 1 and q.shape[0] == 1:  # decode: the CPU kernel streams the rows over the threads; else two
+        o = kernels.attend_all(q[0, :, 0], k[0], v[0], scaling)  # grouped matmuls (CPU SDPA is ~1.3x slower)
+        return (o if o is not None else _attend_one(q[0, :, 0], k[0].to(q.dtype), v[0].to(q.dtype), scaling))[None, None]
     k, v = k.to(q.dtype), v.to(q.dtype)
     if Lq == Lk:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
-    elif Lq == 1 and q.shape[0] == 1:  # decode: two grouped matmuls read K and V once (CPU SDPA is ~1.3x slower)
-        return _attend_one(q[0, :, 0], k[0], v[0], scaling)[None, None]
     elif Lq == 1:
         out = F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=True)
     elif q.device.type == "cpu" and _FLASH_LSE is not None:

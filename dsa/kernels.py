@@ -195,8 +195,7 @@ def attend_all(query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: f
     """A dense layer's decode step on the CPU: query [H, D] over every key of k / v [Hkv, L, D] -> [H, D], or None
     when the kernel cannot take them. k / v may be the first L rows of a longer buffer [Hkv, cap, D] (a cache's
     view): rows contiguous, float32 or both bfloat16. The same arithmetic as a sparse decode step's attention."""
-    if not (available() and query.device.type == "cpu" and query.dtype == torch.float32 and k.dtype == v.dtype
-            and k.dtype in KV_DTYPES and k.shape == v.shape and k.stride() == v.stride()
+    if not (usable(query) and not query.requires_grad and k.dtype == v.dtype and k.dtype in KV_DTYPES and k.shape == v.shape and k.stride() == v.stride()
             and k.stride(2) == 1 and k.stride(1) == k.shape[2] and k.stride(0) >= k.shape[1] * k.shape[2]):
         return None
     Hkv, L, D = k.shape

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <numeric>
 #include <thread>
 #include <vector>
 #ifdef _OPENMP
@@ -277,6 +278,17 @@ void report(const Scratch* s, int n, int threads, double* phase_s, int64_t* stat
     if (stats) stats[3] = std::max<int64_t>(stats[3], threads);
 }
 
+// How many splits a decode step's one query takes: OpenMP's pool (waking it costs microseconds), else one (a
+// thread per split would cost more to start than it saves)
+inline int decode_parts(int threads) {
+#ifdef _OPENMP
+    return std::max(1, threads);
+#else
+    (void)threads;
+    return 1;
+#endif
+}
+
 }  // namespace
 
 // The vector instructions the fast paths were built with: "avx512", "avx2" or "scalar".
@@ -292,12 +304,8 @@ extern "C" int dsa_attend_all(const float* query, const void* kbuf, const void* 
            0, 0, H, HKV, D, 0, 0, 0, 0, 0, scaling};
     Scratch s;
     s.attend.resize(static_cast<size_t>(L));
-    for (int64_t t = 0; t < L; ++t) s.attend[t] = t;
-#ifdef _OPENMP
-    const int parts = std::max(1, threads);
-#else
-    const int parts = 1;
-#endif
+    std::iota(s.attend.begin(), s.attend.end(), int64_t{0});
+    const int parts = decode_parts(threads);
     using Fn = void (*)(const Args&, int64_t, Scratch&, int);
     const Fn fn = kv_bf16 ? (D == 64 ? attend_split<bf16, 64> : D == 128 ? attend_split<bf16, 128> : attend_split<bf16, 0>)
                           : (D == 64 ? attend_split<float, 64> : D == 128 ? attend_split<float, 128> : attend_split<float, 0>);
@@ -317,11 +325,7 @@ extern "C" int dsa_select_attend(
            HI, DI, H, HKV, D, bs, n_blocks, top_k, sink, local, scaling};
     const RunFn fn = kv_bf16 ? pick_run<bf16>(DI, D) : pick_run<float>(DI, D);
     if (C < TILE_Q) {  // decode: each query's work split over the threads
-#ifdef _OPENMP
-        const int parts = std::max(1, threads);  // OpenMP's pool: waking it costs microseconds
-#else
-        const int parts = 1;  // a thread per split would cost more to start than it saves
-#endif
+        const int parts = decode_parts(threads);
         Scratch s;
         for (int64_t c = 0; c < C; ++c) fn(a, c, 1, s, parts);
         report(&s, 1, s.threads, phase_s, stats);
