@@ -269,6 +269,7 @@ class Reader:
         return {"model": lm.name, "weights": models.weights_fingerprint(lm.path), "adapter": models._adapter_info(lm.adapter),
                 "indexer": models._indexer_info(lm.indexer_weights), "dsa": dataclasses.asdict(model.dsa_state.config),
                 "mode": mode, "rope_factor": factor, "kv_dtype": str(kv), "dtype": str(next(model.parameters()).dtype),
+                "matmul": lm.matmul,
                 "prefill_chunk": prefill_chunk(),
                 "code": models.code_version()["code_sha256"]}
 

@@ -51,6 +51,7 @@ class LoadedModel:
     tokenizer: object
     indexer_weights: str | None  # where the trained indexer came from (None: untrained fallback)
     adapter: str | None = None  # the long-context delta merged into the weights (None: the base weights)
+    matmul: str = "float32"  # what the linear layers multiply in ("bfloat16" on CPUs with AMX: matmul_dtype)
 
     @property
     def native_window(self) -> int:
@@ -324,13 +325,29 @@ def provenance_info(lm: "LoadedModel", mode: str, paths: dict, weighting: str) -
     device = next(lm.model.parameters()).device.type
     served = {k: v for k, v in paths.items() if k in ("kernel", "flex", "torch", "dense", "graph", "fixed")}
     return {"indexer": _indexer_info(lm.indexer_weights), "adapter": _adapter_info(lm.adapter), "dsa": dataclasses.asdict(lm.model.dsa_state.config) | {"mode": mode},
-            "attention": mode, "device": device,
+            "attention": mode, "device": device, "matmul": lm.matmul,
             "cpu_kernel": kernels.describe() if device == "cpu" else None,
             "paths": served, "kernel_paths": {k: v for k, v in paths.items() if k not in served},
             "weighting": weighting if mode == "sparse" or weighting != "attention" else "choice",
             "spans_are": ("what the indexer chose among the keys the sparse attention read" if mode == "sparse"
                           else "what the indexer would have chosen; attention was dense and read every key"),
             "code": code_version()}
+
+
+MATMUL_ENV = "DOCREADER_MATMUL"  # auto (default) | float32 | bfloat16
+
+
+def matmul_dtype(device: str) -> str:
+    """What a CPU model's linear layers multiply in: bfloat16 where the CPU has AMX-BF16 (~8x the float32 rate;
+    attention, norms and the indexer stay float32: dsa.bf16_linear), float32 elsewhere and on GPUs (their
+    dtype is the model's). $DOCREADER_MATMUL (float32 | bfloat16) forces one on a CPU."""
+    from dsa.bf16_linear import amx_bf16
+    raw = os.environ.get(MATMUL_ENV, "auto").strip().lower() or "auto"
+    if raw not in ("auto", "float32", "bfloat16"):
+        raise DocreaderError(f"{MATMUL_ENV} must be auto, float32 or bfloat16, got {raw!r}")
+    if device != "cpu":
+        return "float32"
+    return ("bfloat16" if amx_bf16() else "float32") if raw == "auto" else raw
 
 
 def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "float32") -> LoadedModel:
@@ -381,7 +398,12 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
             _warned.add(name)
             print(f"warning: no trained indexer for {name}; selections come from an untrained indexer and "
                   f"are not meaningful (train one with `python -m dsa.train`)", file=sys.stderr)
-    return LoadedModel(name, str(path), model, tok, str(shipped) if shipped else None, str(delta) if delta else None)
+    matmul = matmul_dtype(device) if dtype == "float32" else dtype
+    if matmul == "bfloat16" and dtype == "float32":
+        from dsa.bf16_linear import to_bf16_linears
+        to_bf16_linears(model)  # after the delta's merge, the indexer untouched
+    return LoadedModel(name, str(path), model, tok, str(shipped) if shipped else None, str(delta) if delta else None,
+                       matmul)
 
 
 RECORD_KEYS = ("stage", "data", "steps", "tokens", "lr", "indexer_lr", "seed", "final_loss", "lm_loss_last",

@@ -125,7 +125,9 @@ def test_select_last_equals_select_chunk(L):
     n = int((ref.sel_idx[0] >= 0).sum())
     order = ref.sel_idx[0, :n].argsort()
     assert got.picks[0].tolist() == ref.sel_idx[0, :n][order].tolist()
-    assert torch.equal(got.pick_scores[0], ref.sel_score[0, :n][order])
+    # the same scores up to float rounding: BLAS may sum a row's products in another order when it scores another
+    # number of rows (MKL on an AVX-512 Xeon does: last-bit differences), so only the picks must be identical
+    torch.testing.assert_close(got.pick_scores[0], ref.sel_score[0, :n][order], rtol=1e-6, atol=1e-7)
     assert set(got.blocks[0].tolist()) == set(ref.blocks[0].tolist())
 
 
