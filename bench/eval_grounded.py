@@ -449,7 +449,11 @@ def run(a) -> dict:
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.report:
-        print(render(json.loads(Path(a.report).read_text())))
+        try:
+            report = json.loads(Path(a.report).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: {a.report}: cannot read a report of this tool ({type(e).__name__})")
+        print(render(report))
         return 0
     result = run(a)
     print(render(result))

@@ -334,20 +334,23 @@ def provenance_info(lm: "LoadedModel", mode: str, paths: dict, weighting: str) -
             "code": code_version()}
 
 
-MATMUL_ENV = "DOCREADER_MATMUL"  # auto (default) | float32 | bfloat16
+MATMUL_ENV = "DOCREADER_MATMUL"  # float32 (default) | bfloat16 | auto (bfloat16 where the CPU has AMX-BF16)
 
 
 def matmul_dtype(device: str) -> str:
-    """What a CPU model's linear layers multiply in: bfloat16 where the CPU has AMX-BF16 (~8x the float32 rate;
-    attention, norms and the indexer stay float32: dsa.bf16_linear), float32 elsewhere and on GPUs (their
-    dtype is the model's). $DOCREADER_MATMUL (float32 | bfloat16) forces one on a CPU."""
-    from dsa.bf16_linear import amx_bf16
-    raw = os.environ.get(MATMUL_ENV, "auto").strip().lower() or "auto"
+    """What a CPU model's linear layers multiply a prefill's rows in (dsa.bf16_linear): float32 unless
+    $DOCREADER_MATMUL asks for bfloat16 (or `auto`: bfloat16 where the CPU has AMX-BF16, ~8x the float32 rate of
+    the matmuls there; other CPUs emulate bf16 slowly). Not the default: bf16 rounding turns float noise into
+    visible changes, so a cached or chunked prefill would no longer answer exactly as one uncached forward does
+    (tests/test_doccache.py, test_prefill.py), for 9% of a whole book's prefill (bench/RESULTS-long.md).
+    On GPUs the model's own dtype."""
+    from dsa import bf16_linear
+    raw = os.environ.get(MATMUL_ENV, "float32").strip().lower() or "float32"
     if raw not in ("auto", "float32", "bfloat16"):
-        raise DocreaderError(f"{MATMUL_ENV} must be auto, float32 or bfloat16, got {raw!r}")
+        raise DocreaderError(f"{MATMUL_ENV} must be float32, bfloat16 or auto, got {raw!r}")
     if device != "cpu":
         return "float32"
-    return ("bfloat16" if amx_bf16() else "float32") if raw == "auto" else raw
+    return ("bfloat16" if bf16_linear.amx_bf16() else "float32") if raw == "auto" else raw
 
 
 def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "float32") -> LoadedModel:
