@@ -46,6 +46,7 @@ class Fixed:
     indexer: bool = True  # False: "dense" mode without the indexer (a benchmark's baseline; its keys fall behind)
     # layer -> (chosen [kt], scores [kt], ok [kt], blocks [kb], blocks_ok [kb]): the step's picks, for the record
     picks: dict[int, tuple] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # what depends only on pos: built once per step
 
 
 class _View(Cache):
@@ -125,6 +126,28 @@ def _attend_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch
     return ((o * w).sum(1) / (e.sum(-1, keepdim=True) * w).sum(1)).to(q.dtype).view(H, D)
 
 
+def step_masks(pos: torch.Tensor, cfg: DSAConfig, keys: int, blocks: int) -> dict[str, torch.Tensor]:
+    """Positions and masks that depend only on pos, shared by every sparse layer of a step (a graph replays each
+    kernel: built per layer they cost ~20 launches a layer). keys / blocks: rows of the indexer-key / block-sum
+    buffers."""
+    bs, dev = cfg.block_size, pos.device
+    ns = -(-cfg.sink_tokens // bs)
+    ar = torch.arange(bs, device=dev)
+    bi = pos // bs  # [1], the block being written
+    rows = bi * bs + ar  # its positions
+    local_lo = (pos - cfg.local_window + 1).clamp(min=0)  # [1]
+    fl = local_lo // bs  # blocks [fl, ...) reach into the local window
+    bidx = torch.arange(blocks, device=dev)
+    c_loc = fl * bs + ar  # the local blocks' tokens before the window are candidates
+    return {"ar": ar, "bi": bi, "rows": rows.clamp(max=keys - 1), "rows_ok": rows <= pos,
+            "free": (bidx >= ns) & (bidx < fl), "bstart": bidx * bs,  # stage 1: blocks [ns, fl) compete
+            "c_sink": torch.arange(cfg.sink_tokens, ns * bs, device=dev), "c_loc": c_loc, "loc_ok": c_loc < local_lo,
+            "sink_ok": torch.ones(ns * bs - cfg.sink_tokens, dtype=torch.bool, device=dev),
+            "sink": torch.arange(cfg.sink_tokens, device=dev),
+            "local": local_lo + torch.arange(cfg.local_window, device=dev),
+            "forced": torch.ones(cfg.sink_tokens + cfg.local_window, dtype=torch.bool, device=dev)}
+
+
 def _index_key(module, fixed: Fixed, cfg: DSAConfig, layer: int, x: torch.Tensor):
     """Run the indexer at pos, write its key and the current block's key sum -> (q [H_I, d_I], w [H_I]) fp32."""
     pos, bs = fixed.pos, cfg.block_size
@@ -132,11 +155,10 @@ def _index_key(module, fixed: Fixed, cfg: DSAConfig, layer: int, x: torch.Tensor
     ik = fixed.base.index_keys[layer]
     keys, sums = ik.keys.buf[0], ik.block_sums.buf[0]  # [cap, d_I], [n_blocks_cap, d_I]
     keys.index_copy_(0, pos, ki[0].to(keys.dtype))
-    bi = pos // bs  # [1]
-    rows = bi * bs + torch.arange(bs, device=pos.device)  # the block's positions
-    blk = keys.index_select(0, rows.clamp(max=keys.shape[0] - 1)).float()
-    blk = torch.where((rows <= pos)[:, None], blk, 0.0)  # zero past pos, as IndexerKeys.append pads
-    sums.index_copy_(0, bi, blk.view(1, 1, bs, -1).sum(2)[0])
+    m = fixed.masks
+    blk = keys.index_select(0, m["rows"]).float()  # the written block's keys
+    blk = torch.where(m["rows_ok"][:, None], blk, 0.0)  # zero past pos, as IndexerKeys.append pads
+    sums.index_copy_(0, m["bi"], blk.view(1, 1, bs, -1).sum(2)[0])
     return qi[0, 0].float(), wi[0, 0].float()
 
 
@@ -145,26 +167,18 @@ def _select(module, fixed: Fixed, cfg: DSAConfig, layer: int, x: torch.Tensor) -
     qf, wf = _index_key(module, fixed, cfg, layer, x)
     ik = fixed.base.index_keys[layer]
     keys, sums = ik.keys.buf[0], ik.block_sums.buf[0]
-    pos, bs, dev = fixed.pos, cfg.block_size, fixed.pos.device
-    ns = -(-cfg.sink_tokens // bs)
-    local_lo = (pos - cfg.local_window + 1).clamp(min=0)  # [1]
-    fl = local_lo // bs  # blocks [fl, ...) reach into the local window
-    ar = torch.arange(bs, device=dev)
+    bs, m = cfg.block_size, fixed.masks
 
     # stage 1 over the free blocks [ns, fl) (all full: mean = sum / bs), every other block masked
-    nbc = sums.shape[0]
-    bidx = torch.arange(nbc, device=dev)
-    free = (bidx >= ns) & (bidx < fl)
-    bscore = _tiebreak((wf @ F.relu(qf @ (sums / fixed.counts).T))[None], bidx * bs)[0].masked_fill(~free, NEG)
+    nbc = m["free"].shape[0]  # blocks every layer holds (more than pos has reached)
+    means = sums[:nbc] / fixed.counts[:nbc]
+    bscore = _tiebreak((wf @ F.relu(qf @ means.T))[None], m["bstart"])[0].masked_fill(~m["free"], NEG)
     bval, picks = bscore.topk(min(cfg.n_blocks, nbc))  # [kb]
     bok = bval > NEG
 
     # stage 2 over the rest of the sink blocks, the kept blocks' tokens and the local blocks' tokens before the window
-    c_loc = fl * bs + ar
-    cand = torch.cat([torch.arange(cfg.sink_tokens, ns * bs, device=dev), (picks[:, None] * bs + ar).flatten(),
-                      c_loc])  # [M]
-    valid = torch.cat([torch.ones(ns * bs - cfg.sink_tokens, dtype=torch.bool, device=dev),
-                       bok[:, None].expand(-1, bs).flatten(), c_loc < local_lo])
+    cand = torch.cat([m["c_sink"], (picks[:, None] * bs + m["ar"]).flatten(), m["c_loc"]])  # [M]
+    valid = torch.cat([m["sink_ok"], bok[:, None].expand(-1, bs).flatten(), m["loc_ok"]])
     cand = torch.where(valid, cand, 0).clamp(max=keys.shape[0] - 1)
     tscore = wf @ F.relu(qf @ keys.index_select(0, cand).float().T)  # [M]
     tscore = _tiebreak(tscore[None], cand)[0].masked_fill(~valid, NEG)
@@ -173,10 +187,8 @@ def _select(module, fixed: Fixed, cfg: DSAConfig, layer: int, x: torch.Tensor) -
     chosen = cand[tidx]
     fixed.picks[layer] = (chosen, tval, ok, picks, bok)
 
-    sink = torch.arange(cfg.sink_tokens, device=dev)
-    local = local_lo + torch.arange(cfg.local_window, device=dev)
-    tokens = torch.cat([sink, torch.where(ok, chosen, 0), local])
-    keep = torch.cat([torch.ones_like(sink, dtype=torch.bool), ok, torch.ones_like(local, dtype=torch.bool)])
+    tokens = torch.cat([m["sink"], torch.where(ok, chosen, 0), m["local"]])
+    keep = torch.cat([m["forced"][: cfg.sink_tokens], ok, m["forced"][cfg.sink_tokens :]])
     return tokens, keep
 
 
@@ -266,6 +278,10 @@ class GraphDecoder:
     def _forward(self) -> torch.Tensor:
         cfg = self.state.config
         self.fixed.rope = rope_cos_sin(self.pos, cfg.rope_dim, cfg.rope_theta)
+        held = [ik for ik in self.cache.index_keys if ik.keys.buf is not None]
+        if held:  # every layer's buffers hold at least this many rows
+            self.fixed.masks = step_masks(self.pos, cfg, min(ik.keys.buf.shape[1] for ik in held),
+                                          min(ik.block_sums.buf.shape[1] for ik in held))
         self.state.fixed = self.fixed
         try:
             out = self.model(self.tok, position_ids=self.pos[None], **cache_arg(_View(self.cache, self.pos)),
