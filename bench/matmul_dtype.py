@@ -1,4 +1,4 @@
-"""What bf16 linear layers (dsa.bf16_linear, on by default on CPUs with AMX) cost in quality and buy in speed.
+"""What bf16 linear layers (dsa.bf16_linear, `DOCREADER_MATMUL=bfloat16`) cost in quality and buy in speed.
 
     python -m bench.matmul_dtype --windows 8 --length 2048 --json bench/matmul_dtype.json
 
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from bench.eval_long import DEFAULT_BOOKS, held_out_books
 from dsa.longctx import set_context
-from dsa.longtrain import position_nll
 
 
 def windows(books: list[dict], tokenizer, n: int, length: int) -> list[torch.Tensor]:
@@ -37,6 +37,7 @@ def windows(books: list[dict], tokenizer, n: int, length: int) -> list[torch.Ten
 
 
 def run(dtype: str, wins: list[torch.Tensor]) -> dict:
+    """One forward per window with the model loaded under DOCREADER_MATMUL=dtype: NLL, seconds, top-1 ids."""
     from docreader import models
     os.environ[models.MATMUL_ENV] = dtype
     lm = models.load(None)
@@ -45,12 +46,12 @@ def run(dtype: str, wins: list[torch.Tensor]) -> dict:
     nll, secs, top1 = [], [], []
     with torch.inference_mode():
         for ids in wins:
-            L = ids.shape[1]
-            set_context(model, L)
+            set_context(model, ids.shape[1])
             t = time.perf_counter()
-            nll.append(position_nll(model, ids, [0, L - 1])[0])
+            logits = model(ids).logits[0, :-1].float()  # [L - 1, vocab]
             secs.append(time.perf_counter() - t)
-            top1.append(model(ids).logits[0, :-1].argmax(-1))
+            nll.append(float(F.cross_entropy(logits, ids[0, 1:])))
+            top1.append(logits.argmax(-1))
     return {"matmul": dtype, "nll": nll, "seconds": secs, "top1": top1}
 
 

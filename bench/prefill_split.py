@@ -47,11 +47,12 @@ def main() -> None:
         total = time.perf_counter() - t
     phases = {k: round(ph.get(k, 0.0), 1) for k in ("indexer", "selection", "attention")}
     rest = total - sum(phases.values())
-    row = {"tokens": L, "chunk": args.chunk or L, "mode": args.mode, "matmul": lm.matmul, "threads": torch.get_num_threads(), "total_s": round(total, 1),
+    row = {"tokens": L, "chunk": args.chunk or L, "mode": args.mode, "matmul": lm.matmul,
+           "threads": torch.get_num_threads(), "total_s": round(total, 1),
            **{f"{k}_s": v for k, v in phases.items()}, "rest_s": round(rest, 1)}
     print(json.dumps(row))
-    print(f"{L:,} tokens, {args.mode}, {lm.matmul} linears: {total:.1f} s = indexer {phases['indexer']} + selection {phases['selection']} "
-          f"+ attention {phases['attention']} + the rest of the model {rest:.1f} s")
+    print(f"{L:,} tokens, {args.mode}, {lm.matmul} linears: {total:.1f} s = indexer {phases['indexer']} "
+          f"+ selection {phases['selection']} + attention {phases['attention']} + the rest of the model {rest:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(row, indent=2))
 

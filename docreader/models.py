@@ -51,7 +51,7 @@ class LoadedModel:
     tokenizer: object
     indexer_weights: str | None  # where the trained indexer came from (None: untrained fallback)
     adapter: str | None = None  # the long-context delta merged into the weights (None: the base weights)
-    matmul: str = "float32"  # what the linear layers multiply in ("bfloat16" on CPUs with AMX: matmul_dtype)
+    matmul: str = "float32"  # what a prefill's linear layers multiply in ("bfloat16" when asked for: matmul_dtype)
 
     @property
     def native_window(self) -> int:
@@ -401,12 +401,11 @@ def load(spec: str | None = None, overrides: dict | None = None, dtype: str = "f
             _warned.add(name)
             print(f"warning: no trained indexer for {name}; selections come from an untrained indexer and "
                   f"are not meaningful (train one with `python -m dsa.train`)", file=sys.stderr)
-    matmul = matmul_dtype(device) if dtype == "float32" else dtype
-    if matmul == "bfloat16" and dtype == "float32":
-        from dsa.bf16_linear import to_bf16_linears
+    from dsa.bf16_linear import linear_dtype, to_bf16_linears
+    if dtype == "float32" and matmul_dtype(device) == "bfloat16":
         to_bf16_linears(model)  # after the delta's merge, the indexer untouched
     return LoadedModel(name, str(path), model, tok, str(shipped) if shipped else None, str(delta) if delta else None,
-                       matmul)
+                       linear_dtype(model))
 
 
 RECORD_KEYS = ("stage", "data", "steps", "tokens", "lr", "indexer_lr", "seed", "final_loss", "lm_loss_last",

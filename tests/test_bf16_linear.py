@@ -104,3 +104,17 @@ def test_matmul_dtype_choice(monkeypatch):
     monkeypatch.setenv(models.MATMUL_ENV, "fp8")
     with pytest.raises(DocreaderError, match="DOCREADER_MATMUL"):
         models.matmul_dtype("cpu")
+
+
+def test_load_applies_the_choice(monkeypatch, tmp_path):
+    """docreader.models.load converts the linear layers only when asked, and says so in `matmul` (which the log
+    and the document cache key record)."""
+    from docreader import models
+    from test_langchain_support import tiny_model_dir
+    path = str(tiny_model_dir(tmp_path))
+    monkeypatch.delenv(models.MATMUL_ENV, raising=False)
+    plain = models.load(path)
+    assert plain.matmul == "float32" and not any(isinstance(m, BF16Linear) for m in plain.model.modules())
+    monkeypatch.setenv(models.MATMUL_ENV, "bfloat16")
+    lm = models.load(path)
+    assert lm.matmul == "bfloat16" and sum(isinstance(m, BF16Linear) for m in lm.model.modules()) == 7 * 2
